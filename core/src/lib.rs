@@ -1,0 +1,27 @@
+//! tidemark core: everything a connector and the daemon agree on.
+//!
+//! A connector sees only this crate: the canonical [`value::Value`], the
+//! [`envelope`] it must produce, the [`source::Source`] / [`sink::SinkWriter`]
+//! contracts, the [`publisher`] that carries envelopes to JetStream and the
+//! [`state::StateStore`] where positions outlive a process. Nothing here talks
+//! to Postgres or MySQL.
+
+pub mod backoff;
+pub mod check;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod nats;
+pub mod position;
+pub mod publisher;
+pub mod redact;
+pub mod sink;
+pub mod source;
+pub mod state;
+pub mod subject;
+pub mod tls;
+pub mod value;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,127 @@
+//! Every metric name and label key, described once.
+//!
+//! The names are a contract with dashboards and alerts (DESIGN "Metrics").
+//! Labels stay low-cardinality: pipeline, sink, table, op, kind, component.
+
+/// Row changes read from the source (`pipeline`, `table`, `op`).
+pub const SOURCE_EVENTS: &str = "tidemark_source_events_total";
+/// Envelopes acknowledged by JetStream (`pipeline`).
+pub const PUBLISHED_EVENTS: &str = "tidemark_published_events_total";
+/// now − source commit time of the last event read (`pipeline`).
+pub const SOURCE_LAG: &str = "tidemark_source_lag_seconds";
+/// WAL / binlog bytes the source still retains for us (`pipeline`).
+pub const SOURCE_SLOT_LAG: &str = "tidemark_source_slot_lag_bytes";
+/// Publish → JetStream ack (`pipeline`).
+pub const PUBLISH_LATENCY: &str = "tidemark_publish_latency_seconds";
+/// Events committed to a sink's store (`pipeline`, `sink`, `op`).
+pub const SINK_APPLIED: &str = "tidemark_sink_applied_events_total";
+/// Events skipped by the position guard (`pipeline`, `sink`).
+pub const SINK_DUPLICATES: &str = "tidemark_sink_duplicates_skipped_total";
+/// Messages waiting in the sink's consumer (`pipeline`, `sink`).
+pub const SINK_PENDING: &str = "tidemark_sink_pending_events";
+/// One target transaction apply (`pipeline`, `sink`).
+pub const SINK_APPLY_LATENCY: &str = "tidemark_sink_apply_latency_seconds";
+/// Sink commit time − source commit time (`pipeline`, `sink`).
+pub const END_TO_END_LATENCY: &str = "tidemark_end_to_end_latency_seconds";
+/// Errors by `component` and `kind`, retried ones included.
+pub const ERRORS: &str = "tidemark_errors_total";
+/// Reconnects by `component`.
+pub const RECONNECTS: &str = "tidemark_reconnects_total";
+/// Snapshot rows read (`pipeline`, `table`).
+pub const SNAPSHOT_ROWS: &str = "tidemark_snapshot_rows_total";
+/// Estimated snapshot rows to read (`pipeline`, `table`).
+pub const SNAPSHOT_ROWS_ESTIMATED: &str = "tidemark_snapshot_rows_estimated";
+/// 1, with a `version` label.
+pub const BUILD_INFO: &str = "tidemark_build_info";
+/// Events sent to a sink's dead-letter subject (`pipeline`, `sink`).
+pub const SINK_DEAD_LETTERS: &str = "tidemark_sink_dead_letters_total";
+
+/// 1 while a component (`<pipeline>/source`, `<pipeline>/sink/<name>`) is ready, else 0.
+pub const COMPONENT_READY: &str = "tidemark_component_ready";
+
+/// Label key: pipeline name.
+pub const L_PIPELINE: &str = "pipeline";
+/// Label key: sink name.
+pub const L_SINK: &str = "sink";
+/// Label key: `schema.table`.
+pub const L_TABLE: &str = "table";
+/// Label key: envelope op code.
+pub const L_OP: &str = "op";
+/// Label key: error kind.
+pub const L_KIND: &str = "kind";
+/// Label key: component (`source`, `publisher`, `sink`, `nats`).
+pub const L_COMPONENT: &str = "component";
+
+/// Histogram buckets for CDC latencies: 1 ms … 60 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Registers descriptions for every family (call once at start-up, after installing the
+/// recorder).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(SOURCE_EVENTS, "Row changes read from the source.");
+    describe_counter!(PUBLISHED_EVENTS, "Envelopes acknowledged by JetStream.");
+    describe_gauge!(
+        SOURCE_LAG,
+        Unit::Seconds,
+        "Now minus source commit time of the last event read."
+    );
+    describe_gauge!(
+        SOURCE_SLOT_LAG,
+        Unit::Bytes,
+        "WAL or binlog bytes the source retains for us."
+    );
+    describe_histogram!(PUBLISH_LATENCY, Unit::Seconds, "Publish to JetStream ack.");
+    describe_counter!(SINK_APPLIED, "Events committed to a sink's store.");
+    describe_counter!(
+        SINK_DUPLICATES,
+        "Events skipped by the sink's position guard."
+    );
+    describe_gauge!(SINK_PENDING, "Messages waiting in the sink's consumer.");
+    describe_histogram!(
+        SINK_APPLY_LATENCY,
+        Unit::Seconds,
+        "One sink transaction apply."
+    );
+    describe_histogram!(
+        END_TO_END_LATENCY,
+        Unit::Seconds,
+        "Sink commit time minus source commit time."
+    );
+    describe_counter!(
+        ERRORS,
+        "Errors by component and kind, retried ones included."
+    );
+    describe_counter!(RECONNECTS, "Reconnects by component.");
+    describe_counter!(SNAPSHOT_ROWS, "Snapshot rows read.");
+    describe_gauge!(SNAPSHOT_ROWS_ESTIMATED, "Estimated snapshot rows to read.");
+    describe_gauge!(BUILD_INFO, "Build information; always 1.");
+    describe_counter!(
+        SINK_DEAD_LETTERS,
+        "Events sent to a sink's dead-letter subject."
+    );
+    describe_gauge!(
+        COMPONENT_READY,
+        "1 while a source or sink is ready (what /readyz reports), else 0."
+    );
+}
+
+/// Counts one error of `component`/`kind` (retried or not).
+pub fn error(component: &'static str, kind: &'static str) {
+    metrics::counter!(ERRORS, L_COMPONENT => component, L_KIND => kind).increment(1);
+}
+
+/// Counts one reconnect of `component`.
+pub fn reconnect(component: &'static str) {
+    metrics::counter!(RECONNECTS, L_COMPONENT => component).increment(1);
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

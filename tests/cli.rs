@@ -1,0 +1,367 @@
+//! The daemon as an operator meets it: configuration errors, `check`,
+//! `status`, the metrics/health endpoint, readiness transitions, SIGTERM and
+//! secrets kept out of logs. Everything runs the real `tidemark` binary.
+
+use crate::common::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A free loopback port for a daemon's metrics endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `GET path` on 127.0.0.1:port; returns (status code, body), or None if nothing answers.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Value of the first sample of `family` whose labels contain every `labels` fragment.
+fn metric(body: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+        .filter(|l| {
+            let name_end = l.find(['{', ' ']).unwrap_or(l.len());
+            &l[..name_end] == family
+        })
+        .find(|l| labels.iter().all(|frag| l.contains(frag)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn pg_pipeline(name: &str, source_db: &str, sink_db: &str, port: u16) -> String {
+    format!(
+        r#"[nats]
+url = "{NATS}"
+[metrics]
+listen = "127.0.0.1:{port}"
+[[pipelines]]
+name = "{name}"
+  [pipelines.source]
+  kind = "postgres"
+  url = "{src}"
+  tables = ["public.*"]
+  [[pipelines.sinks]]
+  name = "replica"
+  kind = "postgres"
+  url = "{dst}"
+  tables = ["public.*"]
+"#,
+        src = pg_url(source_db),
+        dst = pg_url(sink_db),
+    )
+}
+
+async fn cleanup(pipeline: &str, dbs: &[&str]) {
+    delete_stream(&format!("TIDEMARK_{}", pipeline.to_uppercase())).await;
+    purge_state(pipeline).await;
+    for db in dbs {
+        pg_drop_db(db).await;
+    }
+}
+
+#[test]
+fn misspelled_key_names_key_and_line() {
+    let path = temp_file(
+        "p.toml",
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\n\n[[pipelines]]\nname = \"x\"\n  [pipelines.source]\n  kind = \"postgres\"\n  url = \"postgres://u:topsecret1@h/db\"\n  tabels = [\"public.*\"]\n",
+    );
+    let (code, out, err) = run_cli(&["check", "--offline", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("unknown field `tabels`"), "{err}");
+    assert!(err.contains("p.toml:9:"), "error must name line 9: {err}");
+    assert!(
+        !err.contains("topsecret1") && !out.contains("topsecret1"),
+        "secret leaked: {err}"
+    );
+}
+
+#[test]
+fn invalid_values_and_missing_env_are_clear_errors() {
+    let base = "[[pipelines]]\nname = \"x\"\n  [pipelines.source]\n  kind = \"mysql\"\n  url = \"mysql://u:${TIDEMARK_TEST_UNSET_VAR}@h/db\"\n  server_id = 7\n";
+    let path = temp_file("p.toml", base);
+    let (code, _, err) = run_cli(&["check", "--offline", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("pipelines[0].source.url"), "{err}");
+    assert!(err.contains("TIDEMARK_TEST_UNSET_VAR is not set"), "{err}");
+
+    let path = temp_file(
+        "p.toml",
+        &base
+            .replace("  server_id = 7\n", "")
+            .replace("${TIDEMARK_TEST_UNSET_VAR}", "pw"),
+    );
+    let (code, _, err) = run_cli(&["check", "--offline", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("pipelines[0].source.server_id"), "{err}");
+
+    let (code, _, err) = run_cli(&["run", "-c", "/nonexistent/pipelines.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/pipelines.toml"), "{err}");
+}
+
+#[tokio::test]
+async fn check_reports_missing_prerequisites_with_fixes() {
+    let missing_db = unique("tm_missing");
+    let path = temp_file(
+        "p.toml",
+        &pg_pipeline("chk", &missing_db, &missing_db, free_port()),
+    );
+    let (code, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("nats reachable"), "{out}");
+    assert!(out.contains("FAIL"), "{out}");
+    assert!(out.contains("fix:"), "{out}");
+    assert!(
+        out.contains(&missing_db),
+        "the failing probe should name the database: {out}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_follows_the_sink_database_and_metrics_move() {
+    let pipeline = unique("ops");
+    let (src, dst) = (unique("tm_ops_src"), unique("tm_ops_dst"));
+    pg_create_db(&src).await;
+    let source = pg_connect(&src).await;
+    source
+        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut daemon = Daemon::start(&pg_pipeline(&pipeline, &src, &dst, port));
+
+    // Alive at once, not ready: the sink database does not exist yet.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            http_get(port, "/healthz").await.map(|r| r.0) == Some(200)
+        })
+        .await,
+        "healthz never answered; logs:\n{}",
+        daemon.logs()
+    );
+    let not_ready = wait_until(Duration::from_secs(30), || async {
+        matches!(http_get(port, "/readyz").await, Some((503, body)) if body.contains("sink/replica"))
+    })
+    .await;
+    assert!(
+        not_ready,
+        "readyz should be 503 naming the sink; logs:\n{}",
+        daemon.logs()
+    );
+
+    // Create the sink database and table: the daemon becomes ready without a restart.
+    pg_create_db(&dst).await;
+    pg_connect(&dst)
+        .await
+        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let ready = wait_until(Duration::from_secs(60), || async {
+        http_get(port, "/readyz").await.map(|r| r.0) == Some(200)
+    })
+    .await;
+    assert!(
+        ready,
+        "readyz never became 200: {:?}\nlogs:\n{}",
+        http_get(port, "/readyz").await,
+        daemon.logs()
+    );
+
+    source
+        .batch_execute("INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 50) g; UPDATE items SET name = 'x' WHERE id <= 10; DELETE FROM items WHERE id = 50")
+        .await
+        .unwrap();
+    let target = pg_connect(&dst).await;
+    let applied = wait_until(Duration::from_secs(60), || async {
+        target
+            .query_one("SELECT count(*) FROM items", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0) == 49)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        applied,
+        "rows never reached the sink; logs:\n{}",
+        daemon.logs()
+    );
+
+    // Counters move right after the commit that made the rows visible: poll briefly.
+    let p = format!("pipeline=\"{pipeline}\"");
+    let moving = [
+        "tidemark_source_events_total",
+        "tidemark_published_events_total",
+        "tidemark_sink_applied_events_total",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = match http_get(port, "/metrics").await {
+            Some((200, b)) => b,
+            _ => String::new(),
+        };
+        let moved = moving
+            .iter()
+            .all(|f| metric(&body, f, &[&p]).unwrap_or(0.0) > 0.0);
+        if moved || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let moved = moving
+        .iter()
+        .all(|f| metric(&body, f, &[&p]).unwrap_or(0.0) > 0.0);
+    assert!(moved, "counters should have moved:\n{body}");
+    for family in [
+        "tidemark_source_lag_seconds",
+        "tidemark_source_slot_lag_bytes",
+        "tidemark_publish_latency_seconds_bucket",
+        "tidemark_sink_apply_latency_seconds_bucket",
+        "tidemark_end_to_end_latency_seconds_bucket",
+        "tidemark_sink_pending_events",
+        "tidemark_errors_total",
+        "tidemark_reconnects_total",
+        "tidemark_build_info",
+    ] {
+        assert!(
+            body.contains(family),
+            "{family} missing from /metrics:\n{body}"
+        );
+    }
+    let updates = metric(&body, "tidemark_source_events_total", &[&p, "op=\"u\""]).unwrap_or(0.0);
+    assert!(updates >= 10.0, "updates counted: {updates}");
+
+    // status works from another process while the daemon runs.
+    let (code, out, err) = run_cli(&["status", "-c", daemon.config_path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("pipeline {pipeline}")), "{out}");
+    assert!(out.contains("sink replica"), "{out}");
+    assert!(
+        !out.contains("position -"),
+        "status should show the source position: {out}"
+    );
+
+    assert_eq!(daemon.terminate().await, 0, "logs:\n{}", daemon.logs());
+    drop(source);
+    drop(target);
+    cleanup(&pipeline, &[&src, &dst]).await;
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_quickly_and_loses_nothing() {
+    let pipeline = unique("term");
+    let (src, dst) = (unique("tm_term_src"), unique("tm_term_dst"));
+    pg_create_db(&src).await;
+    pg_create_db(&dst).await;
+    let ddl = "CREATE TABLE t (id bigint PRIMARY KEY, v text)";
+    let source = pg_connect(&src).await;
+    source.batch_execute(ddl).await.unwrap();
+    pg_connect(&dst).await.batch_execute(ddl).await.unwrap();
+    let port = free_port();
+    let mut daemon = Daemon::start(&pg_pipeline(&pipeline, &src, &dst, port));
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            http_get(port, "/readyz").await.map(|r| r.0) == Some(200)
+        })
+        .await,
+        "never ready; logs:\n{}",
+        daemon.logs()
+    );
+    for batch in 0..20 {
+        source
+            .batch_execute(&format!(
+                "INSERT INTO t SELECT g, 'v' FROM generate_series({}, {}) g",
+                batch * 500 + 1,
+                batch * 500 + 500
+            ))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let code = daemon.terminate().await;
+    let took = started.elapsed();
+    assert_eq!(code, 0, "logs:\n{}", daemon.logs());
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+
+    // Everything committed before the signal arrives after a restart.
+    daemon.restart();
+    let target = pg_connect(&dst).await;
+    let all = wait_until(Duration::from_secs(90), || async {
+        target
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0) == 10_000)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        all,
+        "not all rows applied after restart; logs:\n{}",
+        daemon.logs()
+    );
+    assert_eq!(daemon.terminate().await, 0);
+    drop(source);
+    drop(target);
+    cleanup(&pipeline, &[&src, &dst]).await;
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs() {
+    let pipeline = unique("secret");
+    let db = unique("tm_secret");
+    pg_create_db(&db).await;
+    let secret = "Wr0ngS3cretValue";
+    let config = format!(
+        r#"[nats]
+url = "{NATS}"
+[metrics]
+listen = ""
+[[pipelines]]
+name = "{pipeline}"
+  [pipelines.source]
+  kind = "postgres"
+  url = "postgres://tidemark_scram:${{TIDEMARK_TEST_PG_SECRET}}@127.0.0.1:5432/{db}"
+  tables = ["public.*"]
+"#
+    );
+    let mut daemon = Daemon::start_with_env(&config, &[("TIDEMARK_TEST_PG_SECRET", secret)]);
+    let failed = wait_until(Duration::from_secs(30), || async {
+        let logs = daemon.logs();
+        logs.contains("authentication") || logs.contains("password")
+    })
+    .await;
+    let logs = daemon.logs();
+    assert!(
+        failed,
+        "expected an authentication failure in the logs:\n{logs}"
+    );
+    assert!(!logs.contains(secret), "secret leaked into logs:\n{logs}");
+    assert_eq!(daemon.terminate().await, 0, "logs:\n{}", daemon.logs());
+
+    let path = temp_file(
+        "p.toml",
+        &config.replace("${TIDEMARK_TEST_PG_SECRET}", secret),
+    );
+    let (_, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()]);
+    assert!(
+        !out.contains(secret) && !err.contains(secret),
+        "secret leaked by check:\n{out}\n{err}"
+    );
+    cleanup(&pipeline, &[&db]).await;
+}

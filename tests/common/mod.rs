@@ -1,0 +1,396 @@
+//! Shared test harness: fresh databases, streams and a real daemon process.
+//!
+//! Every helper talks to the real servers that `scripts/services.sh` makes
+//! ready; nothing is mocked. Names come from [`unique`] so tests can run in
+//! parallel and leave nothing behind.
+
+#![allow(dead_code)]
+
+use async_nats::jetstream;
+use std::future::Future;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// Postgres server for tests (trust auth for `postgres`).
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+/// MariaDB server for tests.
+pub const MYSQL: &str = "mysql://tidemark:tidemark@127.0.0.1:3306";
+/// NATS server for tests.
+pub const NATS: &str = "nats://127.0.0.1:4222";
+
+static SERVICES: Once = Once::new();
+
+/// Runs `scripts/services.sh` once per test process (fast when all is ready).
+pub fn ensure_services() {
+    SERVICES.call_once(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+        let status = Command::new("bash")
+            .arg(script)
+            .arg("--quiet")
+            .status()
+            .expect("run scripts/services.sh");
+        assert!(status.success(), "scripts/services.sh failed");
+    });
+}
+
+/// `prefix` plus a random suffix: lowercase letters, digits and `_`.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::random();
+    format!("{}_{:010x}", prefix.to_lowercase(), n & 0xff_ffff_ffff)
+}
+
+/// URL of database `db` on the test Postgres.
+pub fn pg_url(db: &str) -> String {
+    format!("{PG}/{db}")
+}
+
+/// A plain SQL connection to `db` (session pinned to UTC).
+pub async fn pg_connect(db: &str) -> tokio_postgres::Client {
+    ensure_services();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port=5432 user=postgres dbname={db} options='-c TimeZone=UTC'"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect to postgres db {db}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Creates database `name` (fails if it exists).
+pub async fn pg_create_db(name: &str) {
+    let c = pg_connect("postgres").await;
+    c.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+}
+
+/// Drops database `name`: its replication slots and publications go first, backends are
+/// terminated.
+pub async fn pg_drop_db(name: &str) {
+    let c = pg_connect("postgres").await;
+    for _ in 0..20 {
+        let _ = c
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE database = $1 AND active_pid IS NOT NULL",
+                &[&name],
+            )
+            .await;
+        let _ = c
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = $1 AND NOT active",
+                &[&name],
+            )
+            .await;
+        let _ = c
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await;
+        let left: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                &[&name],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if left == 0
+            && c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("warning: could not drop database {name}");
+}
+
+/// URL of database `db` on the test MariaDB.
+pub fn mysql_url(db: &str) -> String {
+    format!("{MYSQL}/{db}")
+}
+
+/// A connection to `db` on the test MariaDB (`db` may be empty).
+pub async fn mysql_conn(db: &str) -> mysql_async::Conn {
+    ensure_services();
+    let opts = mysql_async::Opts::from_url(&mysql_url(db)).expect("mysql url");
+    mysql_async::Conn::new(opts)
+        .await
+        .unwrap_or_else(|e| panic!("connect to mariadb db {db}: {e}"))
+}
+
+/// Creates database `name` on MariaDB.
+pub async fn mysql_create_db(name: &str) {
+    use mysql_async::prelude::Queryable as _;
+    let mut c = mysql_conn("").await;
+    c.query_drop(format!("CREATE DATABASE `{name}`"))
+        .await
+        .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+    let _ = c.disconnect().await;
+}
+
+/// Drops database `name` on MariaDB.
+pub async fn mysql_drop_db(name: &str) {
+    use mysql_async::prelude::Queryable as _;
+    let mut c = mysql_conn("").await;
+    if let Err(e) = c
+        .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+        .await
+    {
+        eprintln!("warning: could not drop mariadb database {name}: {e}");
+    }
+    let _ = c.disconnect().await;
+}
+
+/// A NATS client.
+pub async fn nats() -> async_nats::Client {
+    ensure_services();
+    async_nats::connect(NATS).await.expect("connect to nats")
+}
+
+/// A JetStream context.
+pub async fn js() -> jetstream::Context {
+    jetstream::new(nats().await)
+}
+
+/// Deletes a stream if it exists.
+pub async fn delete_stream(name: &str) {
+    let _ = js().await.delete_stream(name).await;
+}
+
+/// Removes a pipeline's source checkpoint from the state bucket.
+pub async fn purge_state(pipeline: &str) {
+    if let Ok(kv) = js().await.get_key_value("tidemark_state").await {
+        let _ = kv.purge(format!("source.{pipeline}")).await;
+    }
+}
+
+/// Reads `stream` from its first message with an ephemeral consumer until `expected` messages
+/// arrived or `timeout` passed; returns the parsed envelopes in stream order.
+pub async fn read_envelopes(
+    stream: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<serde_json::Value> {
+    use futures_util::StreamExt as _;
+    let js = js().await;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let s = loop {
+        match js.get_stream(stream).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("stream {stream} not found: {e}"),
+        }
+    };
+    let consumer = s
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("consumer messages");
+    while out.len() < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                if m.headers
+                    .as_ref()
+                    .and_then(|h| h.get("Tidemark-Dead-Letter"))
+                    .is_some()
+                {
+                    continue;
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(&m.payload).expect("envelope is JSON");
+                out.push(v);
+            }
+            Ok(Some(Err(e))) => panic!("reading stream {stream}: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes; returns the last result.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Path of the daemon binary built for these tests.
+pub fn tidemark_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tidemark"))
+}
+
+/// Runs the real CLI with `args`; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(tidemark_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run tidemark");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `contents` to a fresh temporary file and returns its path.
+pub fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("tidemark_test"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
+/// A running `tidemark run` process.
+pub struct Daemon {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    /// Starts `tidemark run -c <config>` with `config_toml`; stdout and stderr go to a log file.
+    pub fn start(config_toml: &str) -> Daemon {
+        Daemon::start_with_env(config_toml, &[])
+    }
+
+    /// Like [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Daemon {
+        ensure_services();
+        let config = temp_file("pipelines.toml", config_toml);
+        let log = config.with_file_name("daemon.log");
+        let mut d = Daemon {
+            child: None,
+            config,
+            log,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log");
+        let err = log.try_clone().expect("daemon log");
+        let mut cmd = Command::new(tidemark_bin());
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "info,tidemark=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn tidemark"));
+    }
+
+    /// Starts the same configuration again after a kill or terminate.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "daemon still running");
+        self.spawn();
+    }
+
+    /// Process id of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait up to 15 s; returns the exit code (-1 if killed by a signal, -2 if it
+    /// had to be killed after the timeout).
+    pub async fn terminate(&mut self) -> i32 {
+        let Some(mut c) = self.child.take() else {
+            return -3;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return -2;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the daemon printed so far.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Path of the configuration file the daemon runs with.
+    pub fn config_path(&self) -> &PathBuf {
+        &self.config
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- daemon log ----\n{}\n---- end ----", self.logs());
+        }
+        self.kill9();
+    }
+}
