@@ -598,6 +598,62 @@ async fn snapshot_under_concurrent_writers_has_no_gap_and_no_overlap() {
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_snapshot_redoes_it_after_a_truncate() {
+    let env = Env::new("mysrc_snapcrash", serde_json::json!({})).await;
+    env.exec(&[
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))",
+        "INSERT INTO t SELECT seq, 'v' FROM seq_1_to_50000",
+    ])
+    .await;
+    let running = start(&env.pipeline).await;
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            stream_len(&env.stream()).await >= 500
+        })
+        .await
+    );
+    running.crash().await;
+    let kv = js().await.get_key_value(BUCKET).await.expect("bucket");
+    let entry = kv
+        .get(format!("source.{}", env.pipeline.name))
+        .await
+        .expect("kv get")
+        .expect("a checkpoint marking the unfinished snapshot");
+    let cp: MysqlCheckpoint = serde_json::from_slice(&entry).expect("checkpoint json");
+    assert!(!cp.snapshot_done, "{cp:?}");
+    // Published by the first attempt, deleted before the second: the redo must not leave them
+    // in a sink (its truncate does that), and must not contain them.
+    env.exec(&["DELETE FROM t WHERE id <= 10"]).await;
+    let running = start(&env.pipeline).await;
+    running.wait_ready(Duration::from_secs(120)).await;
+    env.exec(&["INSERT INTO t VALUES (50001, 'after')"]).await;
+    let total = stream_len(&env.stream()).await as usize + 1;
+    let events = read_envelopes(&env.stream(), total, Duration::from_secs(30)).await;
+    assert!(running.stop().await.is_empty());
+    let last = events.last().expect("events");
+    assert_eq!((op(last), last["after"]["id"].as_i64()), ("c", Some(50001)));
+    let truncates: Vec<usize> = (0..events.len())
+        .filter(|&i| op(&events[i]) == "t")
+        .collect();
+    assert_eq!(truncates.len(), 1, "one truncate for the one table");
+    let cut = truncates[0];
+    assert_eq!(events[cut]["source"]["snapshot"], true, "{}", events[cut]);
+    let ids = |range: &[Json]| -> Vec<i64> {
+        range
+            .iter()
+            .filter(|e| op(e) == "r")
+            .map(|e| e["after"]["id"].as_i64().unwrap_or(-1))
+            .collect()
+    };
+    let first = ids(&events[..cut]);
+    let redo = ids(&events[cut + 1..]);
+    assert!(first.contains(&1), "the first attempt published row 1");
+    assert_eq!(redo, (11..=50_000).collect::<Vec<i64>>(), "the redone snapshot");
+    assert!(pos(&events[cut]) < pos(&events[cut + 1]));
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn restart_and_crash_resume_every_row_exactly_once() {
     let env = Env::new("mysrc_resume", serde_json::json!({"snapshot": "never"})).await;

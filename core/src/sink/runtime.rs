@@ -383,10 +383,7 @@ impl<W: SinkWriter> Session<'_, W> {
                 if tick.tick().now_or_never().is_some() {
                     self.on_tick(consumer).await?;
                 }
-                let t0 = Instant::now(); // PROF
-                let nx = messages.next().now_or_never(); // PROF
-                PROF.with(|p| p.borrow_mut()[0] += t0.elapsed()); // PROF
-                match nx {
+                match messages.next().now_or_never() {
                     Some(next) => next,
                     None => {
                         self.on_idle().await?;
@@ -401,7 +398,7 @@ impl<W: SinkWriter> Session<'_, W> {
                         self.on_tick(consumer).await?;
                         continue;
                     }
-                    next = async { let t0 = Instant::now(); let n = messages.next().await; PROF.with(|p| p.borrow_mut()[0] += t0.elapsed()); n } => next,
+                    next = messages.next() => next,
                 }
             };
             if self.ctx.shutdown.is_cancelled() {
@@ -470,10 +467,7 @@ impl<W: SinkWriter> Session<'_, W> {
             self.push_ack(reply);
             return self.after_message().await;
         }
-        let t0 = Instant::now(); // PROF
-        let parsed = self.parser.parse(&msg.payload); // PROF
-        PROF.with(|p| p.borrow_mut()[1] += t0.elapsed()); // PROF
-        let env = match parsed {
+        let env = match self.parser.parse(&msg.payload) {
             Ok(env) => env,
             Err(e) => {
                 let error = format!("not a valid envelope: {e}");
@@ -525,10 +519,7 @@ impl<W: SinkWriter> Session<'_, W> {
                 let applied = if self.isolating(seq) {
                     self.apply_isolated(seq, &msg, &env).await?
                 } else {
-                    let t0 = Instant::now(); // PROF
-                    let r = guarded(self.ctx, self.writer.apply(&env)).await?; // PROF
-                    PROF.with(|p| p.borrow_mut()[2] += t0.elapsed()); // PROF
-                    match r {
+                    match guarded(self.ctx, self.writer.apply(&env)).await? {
                         Ok(()) => true,
                         Err(e) => return Err(self.apply_error(e)),
                     }
@@ -690,26 +681,6 @@ impl<W: SinkWriter> Session<'_, W> {
 
     /// Commits the open transaction (opening one for an offset-only commit), then acks.
     async fn commit(&mut self) -> Result<(), SinkError> {
-        let t0 = Instant::now(); // PROF
-        let r = self.commit_inner().await; // PROF
-        PROF.with(|p| {
-            let mut p = p.borrow_mut();
-            p[3] += t0.elapsed();
-            p[4] += Duration::from_nanos(1);
-            if p[4].as_nanos() % 20 == 0 {
-                eprintln!(
-                    "PROF wait {:?} parse {:?} apply {:?} commit {:?} n {}",
-                    p[0],
-                    p[1],
-                    p[2],
-                    p[3],
-                    p[4].as_nanos()
-                );
-            }
-        }); // PROF
-        r
-    }
-    async fn commit_inner(&mut self) -> Result<(), SinkError> {
         if !self.t.open {
             self.begin().await?;
         }
@@ -823,4 +794,3 @@ impl<W: SinkWriter> Session<'_, W> {
     }
 }
 
-thread_local! { static PROF: std::cell::RefCell<[Duration; 5]> = const { std::cell::RefCell::new([Duration::ZERO; 5]) }; } // PROF

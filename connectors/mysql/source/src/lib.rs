@@ -77,6 +77,8 @@ async fn run(ctx: &SourceContext<MysqlCheckpoint>) -> Result<(), SourceError> {
     }
     let key = tidemark_core::state::source_key(&rt.settings.pipeline);
     let (stored, mut persister) = Persister::load(&ctx.state, &key).await?;
+    // A stored checkpoint without snapshot_done marks a snapshot that was interrupted.
+    let replaces_unfinished = stored.as_ref().is_some_and(|c| !c.snapshot_done);
     let start = match stored {
         Some(c) if c.snapshot_done => {
             verify_identity(&rt, &c, &key)?;
@@ -86,7 +88,7 @@ async fn run(ctx: &SourceContext<MysqlCheckpoint>) -> Result<(), SourceError> {
         _ if rt.settings.snapshot == SnapshotMode::Initial => {
             ctx.health.not_ready(&component, "initial snapshot running");
             let start = tokio::select! {
-                r = snapshot::run(&mut rt, ctx) => r?,
+                r = snapshot::run(&mut rt, ctx, &mut persister, replaces_unfinished) => r?,
                 _ = ctx.shutdown.cancelled() => {
                     tracing::info!(pipeline = %rt.settings.pipeline, "shutdown during the snapshot; it restarts next time");
                     return Ok(());

@@ -18,12 +18,19 @@
 //! before every streamed change. One connection reads all tables: MariaDB
 //! cannot share a read view between connections.
 //!
+//! A checkpoint with `snapshot_done = false` is stored as the snapshot starts. When
+//! the process dies before the snapshot finishes, the next start sees it and takes a
+//! new snapshot at a later position; the changes between the two positions are never
+//! streamed, so a row the first attempt published and that was deleted (or re-keyed)
+//! since would linger in every sink. The redo therefore sends a `t` (truncate) event
+//! before each table's rows (snapshot position row 0, below them).
+//!
 //! Tables are read with keyset pagination on the primary key
 //! (`WHERE (k) > (last) ORDER BY k LIMIT chunk`) through the binary protocol;
 //! a table without a primary key is read in one pass.
 
 use crate::binlog::{self, Flavour};
-use crate::checkpoint::MysqlCheckpoint;
+use crate::checkpoint::{MysqlCheckpoint, Persister};
 use crate::client::{self, quote_ident};
 use crate::convert::{from_snapshot, plan_from_info, Plan};
 use crate::error::SourceError;
@@ -179,10 +186,15 @@ async fn begin(conn: &mut Conn, flavour: Flavour) -> Result<StartPoint, SourceEr
     }
 }
 
-/// Reads every selected table and publishes `r` events; returns the stream start.
+/// Reads every selected table and publishes `r` events; returns the stream start. With
+/// `replaces_unfinished` (an earlier snapshot was interrupted) each table's rows are preceded
+/// by a `t` event. Stores a `snapshot_done = false` checkpoint first, so that an interruption
+/// of this snapshot is recognised in turn.
 pub async fn run(
     rt: &mut Runtime,
     ctx: &SourceContext<crate::MysqlCheckpoint>,
+    persister: &mut Persister,
+    replaces_unfinished: bool,
 ) -> Result<StartPoint, SourceError> {
     let started_ms = m::now_ms();
     let mut conn = rt.settings.spec.sql().await?;
@@ -197,9 +209,12 @@ pub async fn run(
     } else {
         format!("snapshot:{}", start.gtid)
     };
+    let mut marker = start.checkpoint(rt, 0);
+    marker.snapshot_done = false;
+    persister.save(&ctx.state, &marker).await?;
     tracing::info!(
         pipeline = %rt.settings.pipeline, file = %start.file, pos = start.pos, gtid = %start.gtid,
-        "snapshot started"
+        replaces_unfinished, "snapshot started"
     );
     let tables = client::selected_tables(&mut conn, &rt.settings.tables).await?;
     for (index, (db, table)) in tables.iter().enumerate() {
@@ -217,6 +232,28 @@ pub async fn run(
         metrics::gauge!(m::SNAPSHOT_ROWS_ESTIMATED, m::L_PIPELINE => rt.settings.pipeline.clone(), m::L_TABLE => label.clone())
             .set(info.rows_estimate as f64);
         let counter = metrics::counter!(m::SNAPSHOT_ROWS, m::L_PIPELINE => rt.settings.pipeline.clone(), m::L_TABLE => label.clone());
+        if replaces_unfinished {
+            let pos = position::snapshot(&below, index as u32, 0);
+            let tx = TxInfo {
+                id: tx_id.clone(),
+                seq: 0,
+                commit_pos: start.gtid.clone(),
+                last: true,
+            };
+            let change = Change {
+                op: Op::Truncate,
+                table: &plan.meta,
+                pos: &pos,
+                tx: &tx,
+                ts_ms: started_ms,
+                snapshot: true,
+                before: None,
+                after: None,
+            };
+            let msg = rt.encoder.encode(&rt.naming, &change, m::now_ms());
+            ctx.outbox.event(msg).await?;
+            tracing::info!(pipeline = %rt.settings.pipeline, table = %label, "an earlier snapshot was interrupted; truncating the table in the sinks first");
+        }
         let reader = TableReader {
             plan: &plan,
             pk: &info.pk,

@@ -28,7 +28,12 @@
 //!
 //! A kill during the snapshot leaves the checkpoint at `snapshot_done = false`;
 //! the next start drops the slot and does it all again (rows already published
-//! are published again under new positions: at-least-once).
+//! are published again under new positions: at-least-once). The redone snapshot
+//! starts at a later consistent point, and the changes between the two points
+//! are never streamed, so a row the first attempt published and that was deleted
+//! (or re-keyed) before the second would linger in every sink. The redo therefore
+//! opens with one `t` (truncate) event per table, with snapshot positions below
+//! its rows: sinks empty the table, then receive the complete second snapshot.
 
 use crate::catalog::TableInfo;
 use crate::client::{sql_connect, SqlError};
@@ -305,18 +310,28 @@ async fn primary_keys(c: &Client) -> Result<HashMap<u32, Vec<(String, String)>>,
     Ok(out)
 }
 
-/// Reads `tables` through the imported connections `conns` and sends one `r` envelope per row.
-///
-/// `consistent_point` is the slot's; `ts_ms` the snapshot's start time.
+/// Where a snapshot sits in the stream, and whether it replaces an interrupted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotStart {
+    /// The slot's consistent point: the snapshot sees exactly what committed before it.
+    pub consistent_point: u64,
+    /// An earlier snapshot of this pipeline was interrupted (its rows may be in the stream):
+    /// every table is truncated first, so that none of its rows outlive this snapshot.
+    pub replaces_unfinished: bool,
+}
+
+/// Reads `tables` through the imported connections `conns` and sends one `r` envelope per row
+/// (after one `t` per table when `start.replaces_unfinished`).
 pub async fn run(
     conns: Vec<Client>,
     s: &PgSettings,
     naming: &Naming,
     outbox: &Outbox<u64>,
     shutdown: &CancellationToken,
-    consistent_point: u64,
+    start: SnapshotStart,
     tables: &[TableInfo],
 ) -> Result<Outcome, SnapshotError> {
+    let consistent_point = start.consistent_point;
     let Some(first) = conns.first() else {
         return Ok(Outcome::Completed { rows: 0 });
     };
@@ -335,7 +350,6 @@ pub async fn run(
         consistent_point = %format_lsn(consistent_point),
         "snapshot started"
     );
-    let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
     let shared = Arc::new(Shared {
         pipeline: s.pipeline.clone(),
         naming: naming.clone(),
@@ -351,6 +365,10 @@ pub async fn run(
         ts_ms: m::now_ms(),
         chunk: s.chunk_size,
     });
+    if start.replaces_unfinished && !discard_unfinished(&jobs, &shared).await? {
+        return Ok(Outcome::Interrupted);
+    }
+    let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
     let mut set = tokio::task::JoinSet::new();
     for conn in conns {
         set.spawn(worker(conn, queue.clone(), shared.clone()));
@@ -377,6 +395,38 @@ pub async fn run(
     }
     tracing::info!(pipeline = %s.pipeline, rows = total, "snapshot read every table");
     Ok(Outcome::Completed { rows: total })
+}
+
+/// Publishes one `t` event per table ahead of every row of a redone snapshot (see the module
+/// note). Its position is row 0 of the table's snapshot positions, below all of its rows.
+/// `Ok(false)` when shutdown interrupted it.
+async fn discard_unfinished(jobs: &[Job], shared: &Shared) -> Result<bool, SnapshotError> {
+    tracing::warn!(
+        pipeline = %shared.pipeline,
+        tables = jobs.len(),
+        "an earlier snapshot was interrupted; truncating every table in the sinks before the new one"
+    );
+    let mut encoder = Encoder::new();
+    for job in jobs {
+        let pos = position::snapshot(&shared.below_start, job.index, 0);
+        let change = Change {
+            op: Op::Truncate,
+            table: &job.entry.table,
+            pos: &pos,
+            tx: &shared.tx,
+            ts_ms: shared.ts_ms,
+            snapshot: true,
+            before: None,
+            after: None,
+        };
+        let msg = encoder.encode(&shared.naming, &change, m::now_ms());
+        tokio::select! {
+            biased;
+            sent = shared.outbox.event(msg) => sent.map_err(|_| SnapshotError::PublisherGone)?,
+            _ = shared.shutdown.cancelled() => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Reads tables from the queue until it is empty. `Ok(None)` when shutdown interrupted it.

@@ -385,7 +385,8 @@ async fn run_inner(ctx: &SourceContext<u64>, component: &str) -> Result<(), Fail
         return crate::stream::run(ctx, &settings, repl, sql, durable, lsn).await;
     }
 
-    // Fresh start, or a snapshot that was interrupted.
+    // Fresh start, or a snapshot that was interrupted (a checkpoint with snapshot_done = false).
+    let replaces_unfinished = stored.is_some();
     let mut durable_revision = stored.as_ref().map(|v| v.revision);
     if let Some(info) = &slot {
         if stored.is_none() && settings.snapshot == SnapshotMode::Never {
@@ -466,7 +467,10 @@ async fn run_inner(ctx: &SourceContext<u64>, component: &str) -> Result<(), Fail
         &ctx.naming,
         &ctx.outbox,
         &ctx.shutdown,
-        cp,
+        snapshot::SnapshotStart {
+            consistent_point: cp,
+            replaces_unfinished,
+        },
         &tables,
     )
     .await
