@@ -649,7 +649,11 @@ async fn crash_during_snapshot_redoes_it_after_a_truncate() {
     let first = ids(&events[..cut]);
     let redo = ids(&events[cut + 1..]);
     assert!(first.contains(&1), "the first attempt published row 1");
-    assert_eq!(redo, (11..=50_000).collect::<Vec<i64>>(), "the redone snapshot");
+    assert_eq!(
+        redo,
+        (11..=50_000).collect::<Vec<i64>>(),
+        "the redone snapshot"
+    );
     assert!(pos(&events[cut]) < pos(&events[cut + 1]));
     env.cleanup().await;
 }

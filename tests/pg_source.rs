@@ -1082,7 +1082,9 @@ async fn crash_during_snapshot_redoes_it() {
     // Rows the first attempt already published, deleted before the second: the changes between
     // the two attempts are never streamed, so only a truncate ahead of the redone snapshot
     // keeps them from lingering in the sinks.
-    c.batch_execute("DELETE FROM t WHERE id <= 10").await.unwrap();
+    c.batch_execute("DELETE FROM t WHERE id <= 10")
+        .await
+        .unwrap();
     let running = start(&env.pipeline).await;
     running.wait_ready(Duration::from_secs(120)).await;
     c.batch_execute("INSERT INTO t VALUES (30001, 'after')")
@@ -1126,7 +1128,11 @@ async fn crash_during_snapshot_redoes_it() {
     assert_eq!(t["source"]["table"], "t");
     for (i, e) in events.iter().enumerate().filter(|(_, e)| op(e) == "r") {
         let redo = &commit_pos(e) == redo_cp;
-        assert_eq!(i > truncates[0], redo, "event {i} {e} on the wrong side of the truncate");
+        assert_eq!(
+            i > truncates[0],
+            redo,
+            "event {i} {e} on the wrong side of the truncate"
+        );
     }
     env.cleanup().await;
 }

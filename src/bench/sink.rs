@@ -251,16 +251,26 @@ impl Target {
     }
 }
 
+/// The sink half of a benchmark pipeline file.
+struct SinkSpec<'a> {
+    kind: BenchSink,
+    target_url: &'a str,
+    table: &'a str,
+}
+
 fn write_config(
     args: &BenchArgs,
     path_tag: &str,
     pipeline: &str,
     port: u16,
     source: &str,
-    kind: BenchSink,
-    target_url: &str,
-    table: &str,
+    sink: SinkSpec<'_>,
 ) -> Result<PathBuf, BoxError> {
+    let SinkSpec {
+        kind,
+        target_url,
+        table,
+    } = sink;
     let path = std::env::temp_dir().join(format!("{pipeline}_{path_tag}.toml"));
     let batch = args
         .sink_batch_size
@@ -429,9 +439,11 @@ async fn bulk(
         port,
         // Never started (--role sinks); the pipeline just needs one.
         "  kind = \"postgres\"\n  url = \"postgres://postgres@127.0.0.1:5432/unused\"\n",
-        kind,
-        target.url(),
-        "bench",
+        SinkSpec {
+            kind,
+            target_url: target.url(),
+            table: "bench",
+        },
     )?;
     // A second connection for polling, so the `target` handle stays free.
     let mut probe = Target::reopen(args, kind, target).await?;
@@ -538,9 +550,11 @@ async fn e2e(
              publication = \"e2e_pub\"\n  slot = \"tidemark_bench_{}\"\n  snapshot = \"never\"\n",
             names.suffix
         ),
-        kind,
-        target.url(),
-        "e2e",
+        SinkSpec {
+            kind,
+            target_url: target.url(),
+            table: "e2e",
+        },
     )?;
     let mut child = spawn_daemon(&config, "all")?;
     let pid = child.id().unwrap_or(0);

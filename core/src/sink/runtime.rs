@@ -793,4 +793,3 @@ impl<W: SinkWriter> Session<'_, W> {
         Ok(())
     }
 }
-
