@@ -257,6 +257,32 @@ async fn readiness_follows_the_sink_database_and_metrics_move() {
         "status should show the source position: {out}"
     );
 
+    // tail: the envelopes of the stream, filtered by table; compact = one JSON line each.
+    let config = daemon.config_path().to_str().unwrap().to_owned();
+    let tail = |extra: &[&str]| {
+        let mut args = vec!["tail", pipeline.as_str(), "-c", &config, "--from-start"];
+        args.extend_from_slice(extra);
+        run_cli(&args)
+    };
+    let (code, out, err) = tail(&["--limit", "3", "--compact", "--table", "public.items"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for (i, e) in lines.iter().enumerate() {
+        assert_eq!(e["op"], "c", "{e}");
+        assert_eq!(e["source"]["table"], "items", "{e}");
+        assert_eq!(e["key"]["id"], i as i64 + 1, "{e}");
+    }
+    let (code, out, err) = tail(&["--limit", "1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("items") && out.contains("\"name\""),
+        "pretty output: {out}"
+    );
+
     assert_eq!(daemon.terminate().await, 0, "logs:\n{}", daemon.logs());
     drop(source);
     drop(target);
