@@ -441,18 +441,29 @@ async fn transactions_key_change_truncate_alter_xa_and_statement_dml() {
         "SET SESSION binlog_format = 'STATEMENT'",
         "INSERT INTO t VALUES (30, 'stmt', 1)",
         "SET SESSION binlog_format = 'ROW'",
-        "XA START 'x1'",
-        "INSERT INTO t VALUES (40, 'xa', 1)",
-        "XA END 'x1'",
-        "XA PREPARE 'x1'",
     ])
     .await;
-    env.exec(&[
-        "INSERT INTO t VALUES (41, 'plain', 1)",
-        "XA COMMIT 'x1'",
-        "INSERT INTO t VALUES (42, 'after', 1)",
-    ])
-    .await;
+    // The XA transaction stays on its own connection until XA COMMIT: committing it from
+    // another one races the server's detaching of the first (XAER_NOTA now and then).
+    // XIDs are server-wide: one of this test's own.
+    let xid = format!("'{}'", env.db);
+    let mut xa = env.sql().await;
+    for stmt in [
+        format!("XA START {xid}"),
+        "INSERT INTO t VALUES (40, 'xa', 1)".to_owned(),
+        format!("XA END {xid}"),
+        format!("XA PREPARE {xid}"),
+    ] {
+        xa.query_drop(&stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+    env.exec(&["INSERT INTO t VALUES (41, 'plain', 1)"]).await;
+    xa.query_drop(format!("XA COMMIT {xid}"))
+        .await
+        .unwrap_or_else(|e| panic!("XA COMMIT: {e}"));
+    let _ = xa.disconnect().await;
+    env.exec(&["INSERT INTO t VALUES (42, 'after', 1)"]).await;
     let events = expect_events(&env, 12).await;
     assert_ordered_and_unique(&events);
     let ops: Vec<&str> = events.iter().map(op).collect();
