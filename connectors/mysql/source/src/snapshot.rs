@@ -232,25 +232,37 @@ pub async fn run(
         metrics::gauge!(m::SNAPSHOT_ROWS_ESTIMATED, m::L_PIPELINE => rt.settings.pipeline.clone(), m::L_TABLE => label.clone())
             .set(info.rows_estimate as f64);
         let counter = metrics::counter!(m::SNAPSHOT_ROWS, m::L_PIPELINE => rt.settings.pipeline.clone(), m::L_TABLE => label.clone());
-        if replaces_unfinished {
-            let pos = position::snapshot(&below, index as u32, 0);
+        // A snapshot event of this table at row `seq`: `r` with the row, `t` (a redo's
+        // truncate, row 0) without.
+        let event = |encoder: &mut tidemark_core::envelope::Encoder,
+                     naming: &tidemark_core::envelope::Naming,
+                     seq: u64,
+                     row: Option<&tidemark_core::envelope::Row>| {
+            let pos = position::snapshot(&below, index as u32, seq);
             let tx = TxInfo {
                 id: tx_id.clone(),
-                seq: 0,
+                seq,
                 commit_pos: start.gtid.clone(),
                 last: true,
             };
             let change = Change {
-                op: Op::Truncate,
+                op: if row.is_some() {
+                    Op::Read
+                } else {
+                    Op::Truncate
+                },
                 table: &plan.meta,
                 pos: &pos,
                 tx: &tx,
                 ts_ms: started_ms,
                 snapshot: true,
                 before: None,
-                after: None,
+                after: row,
             };
-            let msg = rt.encoder.encode(&rt.naming, &change, m::now_ms());
+            encoder.encode(naming, &change, m::now_ms())
+        };
+        if replaces_unfinished {
+            let msg = event(&mut rt.encoder, &rt.naming, 0, None);
             ctx.outbox.event(msg).await?;
             tracing::info!(pipeline = %rt.settings.pipeline, table = %label, "an earlier snapshot was interrupted; truncating the table in the sinks first");
         }
@@ -263,26 +275,9 @@ pub async fn run(
             .read(
                 &mut conn,
                 |seq, row| {
-                    let pos = position::snapshot(&below, index as u32, seq);
-                    let tx = TxInfo {
-                        id: tx_id.clone(),
-                        seq,
-                        commit_pos: start.gtid.clone(),
-                        last: true,
-                    };
-                    let change = Change {
-                        op: Op::Read,
-                        table: &plan.meta,
-                        pos: &pos,
-                        tx: &tx,
-                        ts_ms: started_ms,
-                        snapshot: true,
-                        before: None,
-                        after: Some(&row),
-                    };
                     plan.count(Op::Read);
                     counter.increment(1);
-                    rt.encoder.encode(&rt.naming, &change, m::now_ms())
+                    event(&mut rt.encoder, &rt.naming, seq, Some(&row))
                 },
                 ctx,
             )

@@ -397,6 +397,31 @@ pub async fn run(
     Ok(Outcome::Completed { rows: total })
 }
 
+impl Shared {
+    /// A snapshot event of `job`'s table: `r` with the row, or `t` (a redo's truncate) without.
+    fn change<'a>(
+        &'a self,
+        job: &'a Job,
+        pos: &'a str,
+        row: Option<&'a tidemark_core::envelope::Row>,
+    ) -> Change<'a> {
+        Change {
+            op: if row.is_some() {
+                Op::Read
+            } else {
+                Op::Truncate
+            },
+            table: &job.entry.table,
+            pos,
+            tx: &self.tx,
+            ts_ms: self.ts_ms,
+            snapshot: true,
+            before: None,
+            after: row,
+        }
+    }
+}
+
 /// Publishes one `t` event per table ahead of every row of a redone snapshot (see the module
 /// note). Its position is row 0 of the table's snapshot positions, below all of its rows.
 /// `Ok(false)` when shutdown interrupted it.
@@ -409,17 +434,7 @@ async fn discard_unfinished(jobs: &[Job], shared: &Shared) -> Result<bool, Snaps
     let mut encoder = Encoder::new();
     for job in jobs {
         let pos = position::snapshot(&shared.below_start, job.index, 0);
-        let change = Change {
-            op: Op::Truncate,
-            table: &job.entry.table,
-            pos: &pos,
-            tx: &shared.tx,
-            ts_ms: shared.ts_ms,
-            snapshot: true,
-            before: None,
-            after: None,
-        };
-        let msg = encoder.encode(&shared.naming, &change, m::now_ms());
+        let msg = encoder.encode(&shared.naming, &shared.change(job, &pos, None), m::now_ms());
         tokio::select! {
             biased;
             sent = shared.outbox.event(msg) => sent.map_err(|_| SnapshotError::PublisherGone)?,
@@ -514,16 +529,7 @@ async fn read_table(
                     source,
                 })?;
             let pos = position::snapshot(&shared.below_start, job.index, row_no);
-            let change = Change {
-                op: Op::Read,
-                table: &job.entry.table,
-                pos: &pos,
-                tx: &shared.tx,
-                ts_ms: shared.ts_ms,
-                snapshot: true,
-                before: None,
-                after: Some(&row),
-            };
+            let change = shared.change(job, &pos, Some(&row));
             let msg = encoder.encode(&shared.naming, &change, m::now_ms());
             tokio::select! {
                 biased;
