@@ -281,13 +281,18 @@ async fn terminate(child: &mut tokio::process::Child) {
 /// Runs the daemon until the stream holds `expected` more messages than before; returns (seconds, peak RSS KiB,
 /// average message size of the stream).
 ///
-/// The seconds are the streaming time, from the moment the daemon is ready (`/readyz` 200: its
-/// source is streaming) or has published its first event, whichever comes first, to the last
-/// event, scaled to all `expected` messages. The daemon's own start-up before that (process
-/// start, connecting, preflight, loading the checkpoint: a few hundred ms, which would dominate a
-/// phase that streams in under a second) is printed apart: the raw publish loop it is compared
-/// with has none. The server's own work after the stream starts (Postgres decoding a large
-/// transaction before sending it) stays in the streaming time, as it does for pg_recvlogical.
+/// The seconds are the streaming time: from the moment the daemon is ready (`/readyz` 200: its
+/// source is streaming) or has published its first event, whichever comes first, to the
+/// server's own timestamp of the phase's last message, scaled to all `expected` messages. The
+/// daemon's start-up before that (process start, connecting, preflight, loading the checkpoint:
+/// tens of ms, which would weigh on a phase that streams in under a second) is printed apart:
+/// the raw publish loop it is compared with has none. The server's own work after the stream
+/// starts (Postgres decoding a large transaction before sending it) stays in the streaming time,
+/// as it does for pg_recvlogical.
+///
+/// Progress is polled gently (one `STREAM.INFO` per 50 ms): stream-info requests share the
+/// stream's lock with the publishes being measured, and the end time comes from the stored
+/// message, not from the polling.
 async fn measure_tidemark(
     args: &BenchArgs,
     config: &PathBuf,
@@ -296,7 +301,10 @@ async fn measure_tidemark(
     expected: u64,
 ) -> Result<(f64, u64, usize), BoxError> {
     let js = async_nats::jetstream::new(async_nats::connect(&args.nats).await?);
-    let stream_name = tidemark_core::subject::default_stream_name(pipeline);
+    let mut stream = js
+        .get_stream(tidemark_core::subject::default_stream_name(pipeline))
+        .await?;
+    let before = stream.info().await?.state.clone();
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(exe)
@@ -308,21 +316,27 @@ async fn measure_tidemark(
     let pid = child.id().unwrap_or(0);
     let mut peak = 0u64;
     let mut last_progress = (0u64, Instant::now());
-    let baseline = stream_messages(&js, &stream_name)
-        .await
-        .map_or(0, |(m, _)| m);
-    let mut first: Option<(Instant, u64)> = None;
+    let mut last_poll = Instant::now() - Duration::from_secs(1);
+    // (wall clock, monotonic, messages already stored) when streaming began.
+    let mut first: Option<(std::time::SystemTime, Instant, u64)> = None;
     loop {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        peak = peak.max(vm_hwm_kib(pid));
+        tokio::time::sleep(Duration::from_millis(5)).await;
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("tidemark exited early: {status}").into());
         }
-        let (messages, _) = stream_messages(&js, &stream_name).await.unwrap_or((0, 0));
-        if first.is_none() && (messages > baseline || ready(port).await) {
-            first = Some((Instant::now(), messages - baseline));
+        if first.is_none() && ready(port).await {
+            first = Some((std::time::SystemTime::now(), Instant::now(), 0));
         }
-        if messages >= expected + baseline {
+        if last_poll.elapsed() < Duration::from_millis(50) {
+            continue;
+        }
+        last_poll = Instant::now();
+        peak = peak.max(vm_hwm_kib(pid));
+        let messages = stream.info().await?.state.messages - before.messages;
+        if first.is_none() && messages > 0 {
+            first = Some((std::time::SystemTime::now(), Instant::now(), messages));
+        }
+        if messages >= expected {
             break;
         }
         if messages != last_progress.0 {
@@ -331,31 +345,48 @@ async fn measure_tidemark(
             return Err(format!("no progress for 60 s at {messages}/{expected} messages").into());
         }
     }
-    let total_secs = started.elapsed().as_secs_f64();
-    let secs = match first {
-        Some((at, seen)) if seen < expected => {
-            eprintln!(
-                "    start-up {:.2} s (process start to streaming), streaming {:.2} s",
-                (at - started).as_secs_f64(),
-                at.elapsed().as_secs_f64()
-            );
-            at.elapsed().as_secs_f64() * expected as f64 / (expected - seen) as f64
-        }
-        _ => total_secs,
-    };
     peak = peak.max(vm_hwm_kib(pid));
+    let last = stream
+        .get_raw_message(before.last_sequence + expected)
+        .await?;
+    let last_at = std::time::UNIX_EPOCH
+        + Duration::from_nanos(u64::try_from(last.time.unix_timestamp_nanos()).unwrap_or(0));
+    let secs = match first {
+        Some((wall, at, seen)) if seen < expected => {
+            let streaming = last_at
+                .duration_since(wall)
+                .unwrap_or_default()
+                .as_secs_f64();
+            eprintln!(
+                "    start-up {:.2} s (process start to streaming), streaming {streaming:.2} s, daemon CPU {:.0} µs/row",
+                (at - started).as_secs_f64(),
+                cpu_secs(pid) * 1e6 / expected as f64,
+            );
+            streaming * expected as f64 / (expected - seen) as f64
+        }
+        _ => started.elapsed().as_secs_f64(),
+    };
     terminate(&mut child).await;
-    let (messages, bytes) = stream_messages(&js, &stream_name).await.unwrap_or((1, 0));
-    Ok((secs, peak, (bytes / messages.max(1)) as usize))
+    let info = stream.info().await?;
+    Ok((
+        secs,
+        peak,
+        (info.state.bytes / info.state.messages.max(1)) as usize,
+    ))
 }
 
-async fn stream_messages(
-    js: &async_nats::jetstream::Context,
-    name: &str,
-) -> Result<(u64, u64), BoxError> {
-    let mut s = js.get_stream(name).await?;
-    let info = s.info().await?;
-    Ok((info.state.messages, info.state.bytes))
+/// User + system CPU seconds of a process so far (`/proc/PID/stat`, in USER_HZ = 100 ticks/s).
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {

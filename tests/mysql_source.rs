@@ -748,14 +748,9 @@ async fn event_over_16_mib_does_not_kill_the_stream() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn unknown_gtid_is_a_definite_error_asking_for_a_resnapshot() {
-    let env = Env::new("mysrc_purged", serde_json::json!({})).await;
-    env.exec(&["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
-    let js = js().await;
-    let state = open_state(&js).await;
-    let mut c = env.sql().await;
-    let (file, _pos): (String, u64) = c
+/// The server's binlog position and GTID position right now, and its server_id.
+async fn master_position(c: &mut mysql_async::Conn) -> (String, u64, String, u32) {
+    let (file, pos): (String, u64) = c
         .query_first("SHOW MASTER STATUS")
         .await
         .expect("master status")
@@ -766,39 +761,135 @@ async fn unknown_gtid_is_a_definite_error_asking_for_a_resnapshot() {
             )
         })
         .expect("a binlog");
-    let server: u32 = c
-        .query_first("SELECT @@server_id")
+    let (gtid, server): (String, u32) = c
+        .query_first("SELECT @@gtid_binlog_pos, @@server_id")
         .await
-        .expect("server id")
-        .unwrap_or(1);
-    let _ = c.disconnect().await;
-    let fake = MysqlCheckpoint {
-        gtid_state: format!("0-{server}-4000000000"),
-        file,
-        pos: 4,
-        snapshot_done: true,
-        flavour: None,
-        server_id: Some(server),
-        server_uuid: None,
-        ts_ms: 0,
-    };
+        .expect("gtid position")
+        .expect("a row");
+    (file, pos, gtid, server)
+}
+
+/// Stores `c` as the pipeline's checkpoint.
+async fn store_checkpoint(env: &Env, c: &MysqlCheckpoint) {
+    let state = open_state(&js().await).await;
     state
         .save(
             &tidemark_core::state::source_key(&env.pipeline.name),
-            &fake,
+            c,
             None,
         )
         .await
-        .expect("save fake checkpoint");
+        .expect("save checkpoint");
+}
+
+/// A MariaDB checkpoint taken on `server_id`.
+fn checkpoint(gtid_state: String, file: String, pos: u64, server_id: u32) -> MysqlCheckpoint {
+    MysqlCheckpoint {
+        gtid_state,
+        file,
+        pos,
+        snapshot_done: true,
+        flavour: None,
+        server_id: Some(server_id),
+        server_uuid: None,
+        ts_ms: 0,
+    }
+}
+
+/// The source's last failure once it gave up.
+async fn definite_failure(env: &Env) -> Failure {
     let running = start(&env.pipeline).await;
-    let failures = tokio::time::timeout(Duration::from_secs(60), running.task)
+    let mut failures = tokio::time::timeout(Duration::from_secs(60), running.task)
         .await
         .expect("source gives up on a definite error")
         .expect("task");
-    let f = failures.last().expect("a failure");
+    let f = failures.pop().expect("a failure");
     assert_eq!(f.retry, Retry::Definite, "{}", f.message);
-    assert_eq!(f.kind, "binlog_purged");
     assert!(f.message.contains("Re-snapshot"), "{}", f.message);
+    f
+}
+
+/// MariaDB resumes by file/pos when the checkpoint was taken on this server (a direct seek;
+/// `@slave_connect_state` scans the binlog file from its start), and by GTID otherwise. The
+/// checkpoint here holds a GTID one transaction *behind* its file/pos, so the two paths differ:
+/// by file/pos only row 2 streams, by GTID rows 1 and 2.
+#[tokio::test]
+async fn resume_seeks_by_file_pos_on_the_same_server_and_by_gtid_after_a_server_change() {
+    for same_server in [true, false] {
+        let env = Env::new("mysrc_seek", serde_json::json!({"snapshot": "never"})).await;
+        env.exec(&["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+        let mut c = env.sql().await;
+        let (_, _, gtid_before, server) = master_position(&mut c).await;
+        c.query_drop("INSERT INTO t VALUES (1)")
+            .await
+            .expect("insert");
+        let (file, pos, _, _) = master_position(&mut c).await;
+        c.query_drop("INSERT INTO t VALUES (2)")
+            .await
+            .expect("insert");
+        let _ = c.disconnect().await;
+        let taken_on = if same_server { server } else { server + 1 };
+        store_checkpoint(&env, &checkpoint(gtid_before, file, pos, taken_on)).await;
+        let running = start(&env.pipeline).await;
+        running.wait_ready(Duration::from_secs(60)).await;
+        let want = if same_server { vec![2] } else { vec![1, 2] };
+        let events = expect_events(&env, want.len()).await;
+        let more = read_envelopes(&env.stream(), want.len() + 1, Duration::from_secs(2)).await;
+        assert_eq!(
+            more.len(),
+            want.len(),
+            "same server: {same_server}: {more:#?}"
+        );
+        let ids: Vec<i64> = events
+            .iter()
+            .map(|e| e["after"]["id"].as_i64().unwrap_or(-1))
+            .collect();
+        assert_eq!(ids, want, "same server: {same_server}");
+        assert!(running.stop().await.is_empty());
+        env.cleanup().await;
+    }
+}
+
+/// A GTID the server never had (by GTID: another server_id in the checkpoint) is a definite
+/// error asking for a re-snapshot, never a replay from the oldest binlog.
+#[tokio::test]
+async fn unknown_gtid_is_a_definite_error_asking_for_a_resnapshot() {
+    let env = Env::new("mysrc_purged", serde_json::json!({})).await;
+    env.exec(&["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+    let mut c = env.sql().await;
+    let (file, _, _, server) = master_position(&mut c).await;
+    let _ = c.disconnect().await;
+    // Taken on another server: resumed by GTID, which this server does not have.
+    let fake = checkpoint(format!("0-{server}-4000000000"), file, 4, server + 1);
+    store_checkpoint(&env, &fake).await;
+    assert_eq!(definite_failure(&env).await.kind, "binlog_purged");
+    env.cleanup().await;
+}
+
+/// A file/pos of this server whose binlog does not continue the checkpoint's GTIDs (the binlog
+/// was reset or replaced since: RESET MASTER, a restored backup) is a definite error too.
+#[tokio::test]
+async fn file_pos_that_does_not_continue_the_checkpoint_gtid_is_a_definite_error() {
+    let env = Env::new("mysrc_diverged", serde_json::json!({})).await;
+    env.exec(&["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+    let mut c = env.sql().await;
+    let (file, pos, gtid, server) = master_position(&mut c).await;
+    c.query_drop("INSERT INTO t VALUES (1)")
+        .await
+        .expect("insert");
+    let _ = c.disconnect().await;
+    // The checkpoint claims this server's domain 0 already stands far beyond its binlog.
+    let mut ahead: Vec<String> = gtid
+        .split(',')
+        .filter(|g| !g.is_empty() && !g.starts_with("0-"))
+        .map(str::to_owned)
+        .collect();
+    ahead.push(format!("0-{server}-4000000000"));
+    let ahead = ahead.join(",");
+    store_checkpoint(&env, &checkpoint(ahead, file, pos, server)).await;
+    let f = definite_failure(&env).await;
+    assert_eq!(f.kind, "binlog_diverged", "{}", f.message);
+    assert!(f.message.contains("4000000000"), "{}", f.message);
     env.cleanup().await;
 }
 

@@ -83,6 +83,17 @@ pub enum SourceError {
         /// Checkpoint key.
         key: String,
     },
+    /// The binlog at the checkpoint's file/pos does not continue the checkpoint's GTID state:
+    /// the server's binlog was reset or replaced since (RESET MASTER, a restored backup).
+    #[error("the binlog at the checkpoint's position does not continue it: {detail}. The server's binlog was reset or replaced since the checkpoint was taken (RESET MASTER, a server restored from a backup), so its history no longer matches. Re-snapshot: delete the checkpoint (nats kv del {bucket} {key}) and restart")]
+    Diverged {
+        /// What was seen.
+        detail: String,
+        /// State bucket.
+        bucket: String,
+        /// Checkpoint key.
+        key: String,
+    },
     /// Another replica uses our server id.
     #[error("another replica connected with server_id {server_id} ({detail}); each tidemark mysql source needs its own server_id, distinct from every replica and from the server's own")]
     DuplicateServerId {
@@ -182,6 +193,7 @@ impl Classify for SourceError {
             SourceError::State(e) => e.retry(),
             SourceError::Config { .. }
             | SourceError::Purged { .. }
+            | SourceError::Diverged { .. }
             | SourceError::DuplicateServerId { .. }
             | SourceError::Plan(_)
             | SourceError::Unsupported { .. }
@@ -199,6 +211,7 @@ impl Classify for SourceError {
             SourceError::Timeout { .. } => "timeout",
             SourceError::Stream { .. } | SourceError::StreamEnded { .. } => "stream",
             SourceError::Purged { .. } => "binlog_purged",
+            SourceError::Diverged { .. } => "binlog_diverged",
             SourceError::DuplicateServerId { .. } => "duplicate_server_id",
             SourceError::Decode { source, .. } => match source {
                 DecodeError::Checksum { .. } => "checksum",

@@ -99,6 +99,11 @@ impl GtidState {
         }
     }
 
+    /// The last GTID of `domain`, if the state has that domain.
+    pub fn get(&self, domain: u32) -> Option<MariaGtid> {
+        self.domains.get(&domain).copied()
+    }
+
     /// No domain at all.
     pub fn is_empty(&self) -> bool {
         self.domains.is_empty()

@@ -19,6 +19,18 @@
 //!   transaction boundary.
 //! * A dead connection is noticed through heartbeats: the server sends one
 //!   every `heartbeat_secs` when idle; three missed means reconnect.
+//!
+//! Where the stream starts (MariaDB). `@slave_connect_state` makes MariaDB
+//! 10.x search the binlog file for the GTID from its first byte: measured
+//! here, 0.27 s for a 220 MB file, so about 1.3 s per (re)connect with the
+//! default 1 GiB `max_binlog_size`, on every restart. A checkpoint holds both
+//! positions, so when it was taken on this very server (same `server_id`)
+//! and its file still exists and reaches the offset, the stream is requested
+//! by file/pos, a direct seek. GTID resume remains for everything else: a
+//! new server after failover, a purged or renumbered file. A binlog reset
+//! in place (RESET MASTER) would leave a file/pos that points into other
+//! history, so the first GTID from a server the checkpoint knows must
+//! continue that server's sequence, else [`SourceError::Diverged`].
 
 use crate::binlog::{
     self, gtid_flags, ty, FormatDescription, Header, MariaGtidEvent, MysqlGtidEvent, Query, Rotate,
@@ -58,8 +70,9 @@ struct Pending {
 /// The transaction group being read.
 #[derive(Debug)]
 struct Group {
-    /// `source.tx.id` and `commit_pos`.
-    tx_id: String,
+    /// `source.tx` of its events: id and `commit_pos` are the GTID (or `file:pos` without one);
+    /// `seq` and `last` are set per event as it is encoded.
+    tx: TxInfo,
     /// `<file index>:<offset>` prefix of `source.pos`.
     commit_prefix: String,
     /// Captured changes so far.
@@ -78,6 +91,28 @@ struct Group {
     held: Vec<Pending>,
 }
 
+impl Group {
+    /// A group whose first event (GTID, BEGIN or ROWS) is `h`; neither standalone nor XA.
+    fn new(tx_id: String, commit_prefix: String, h: &Header) -> Group {
+        Group {
+            tx: TxInfo {
+                id: tx_id.clone(),
+                seq: 0,
+                commit_pos: tx_id,
+                last: false,
+            },
+            commit_prefix,
+            seq: 0,
+            ts_ms: i64::from(h.timestamp) * 1000,
+            standalone: false,
+            xa_prepare: false,
+            maria: None,
+            mysql: None,
+            held: Vec::new(),
+        }
+    }
+}
+
 /// Reads the binlog from a checkpoint until shutdown or error.
 pub struct Streamer<'r> {
     rt: &'r mut Runtime,
@@ -88,6 +123,14 @@ pub struct Streamer<'r> {
     seen_fde: bool,
     maria: GtidState,
     mysql: GtidSet,
+    /// Events carry a CRC32 (`binlog_checksum`), read once.
+    checksums: bool,
+    /// Wall clock (ms) when the current binlog event was read: the envelopes' `ts_ms`.
+    event_ms: i64,
+    /// `server_id` of the server the start checkpoint was taken on.
+    start_server_id: Option<u32>,
+    /// Set when resumed by file/pos with GTIDs known: the state the next GTIDs must continue.
+    continues: Option<GtidState>,
     /// Table id → (TABLE_MAP body, plan or `None` when not captured). MariaDB repeats the same
     /// TABLE_MAP before every transaction: an identical body skips parsing altogether.
     table_ids: HashMap<u64, (Vec<u8>, Option<Arc<Plan>>)>,
@@ -147,6 +190,10 @@ impl<'r> Streamer<'r> {
             seen_fde: false,
             maria,
             mysql,
+            checksums: rt.server.checksums(),
+            event_ms: 0,
+            start_server_id: start.server_id,
+            continues: None,
             table_ids: HashMap::new(),
             group: None,
             pending: None,
@@ -182,7 +229,35 @@ impl<'r> Streamer<'r> {
         }
     }
 
+    /// Whether MariaDB must position the stream by GTID (see the module notes): only when the
+    /// checkpoint has GTIDs and its file/pos cannot be trusted on this server.
+    async fn maria_resume_by_gtid(&mut self) -> bool {
+        if self.maria.is_empty() {
+            return false;
+        }
+        if self.start_server_id != Some(self.rt.server.server_id()) || self.pos < 4 {
+            return true;
+        }
+        match client::binary_logs(&mut self.rt.meta).await {
+            Ok(logs) => !logs
+                .iter()
+                .any(|(name, size)| *name == self.file && *size >= self.pos),
+            Err(e) => {
+                tracing::warn!(pipeline = %self.rt.settings.pipeline, error = %e,
+                    "cannot list binary logs; resuming by GTID");
+                true
+            }
+        }
+    }
+
     async fn open(&mut self) -> Result<mysql_async::BinlogStream, SourceError> {
+        let by_gtid = match self.rt.flavour() {
+            binlog::Flavour::Mariadb => self.maria_resume_by_gtid().await,
+            binlog::Flavour::Mysql => !self.mysql.is_empty(),
+        };
+        if !by_gtid && !self.maria.is_empty() {
+            self.continues = Some(self.maria.clone());
+        }
         let rt = &*self.rt;
         let mut conn = rt.settings.spec.binlog().await?;
         let hb_ns = rt.settings.heartbeat.as_nanos();
@@ -206,7 +281,7 @@ impl<'r> Streamer<'r> {
             binlog::Flavour::Mariadb => {
                 // Without capability 4 MariaDB rewrites GTID events as BEGIN queries.
                 client::exec(&mut conn, "SET @mariadb_slave_capability = 4", what).await?;
-                if !self.maria.is_empty() {
+                if by_gtid {
                     client::exec(
                         &mut conn,
                         &format!("SET @slave_connect_state = {}", client::quote_str(&gtid)),
@@ -226,7 +301,7 @@ impl<'r> Streamer<'r> {
                     what,
                 )
                 .await?;
-                if !self.mysql.is_empty() {
+                if by_gtid {
                     request = request.with_gtid().with_gtid_set(self.mysql.to_sids());
                 } else {
                     request = request.with_filename(file.as_bytes()).with_pos(self.pos);
@@ -239,6 +314,7 @@ impl<'r> Streamer<'r> {
             file = %self.file,
             pos = self.pos,
             gtid = %gtid,
+            by = if by_gtid { "gtid" } else { "file/pos" },
             "requesting binlog stream"
         );
         let stream = conn
@@ -260,15 +336,25 @@ impl<'r> Streamer<'r> {
         let component = self.rt.settings.component();
         ctx.health.ready(&component);
         let read_timeout = (self.rt.settings.heartbeat * 3).max(Duration::from_secs(3));
+        // Liveness is judged at the ticks: an event count that moved since the last tick means
+        // the stream is alive (no clock read per event on the hot path).
+        let mut events = 0u64;
+        let mut events_at_tick = 0u64;
         let mut last_event = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_lag_check = Instant::now() - Duration::from_secs(60);
+        let shutdown = ctx.shutdown.cancelled();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                _ = ctx.shutdown.cancelled() => break,
+                _ = &mut shutdown => break,
                 _ = tick.tick() => {
+                    if events != events_at_tick {
+                        events_at_tick = events;
+                        last_event = Instant::now();
+                    }
                     if last_event.elapsed() > read_timeout {
                         return Err(SourceError::Timeout {
                             what: format!("reading the binlog: no event or heartbeat for {} s", read_timeout.as_secs()),
@@ -282,7 +368,7 @@ impl<'r> Streamer<'r> {
                     }
                 }
                 item = stream.next() => {
-                    last_event = Instant::now();
+                    events += 1;
                     match item {
                         None => return Err(SourceError::StreamEnded { server_id: self.rt.settings.server_id }),
                         Some(Err(_panic)) => return Err(SourceError::Decode {
@@ -355,7 +441,7 @@ impl<'r> Streamer<'r> {
     /// Verifies the CRC and returns the event body without checksum.
     fn body<'e>(&self, event: &'e Event, h: &Header) -> Result<&'e [u8], SourceError> {
         let data = event.data();
-        if !self.rt.server.checksums() {
+        if !self.checksums {
             return Ok(data);
         }
         match event.checksum() {
@@ -418,17 +504,13 @@ impl<'r> Streamer<'r> {
             ty::HEARTBEAT if self.group.is_none() => self.lag.set(0.0),
             ty::MARIA_GTID => {
                 let g = MariaGtidEvent::parse(data, h.server_id).map_err(|e| self.decode_err(e))?;
+                self.check_continues(g.gtid)?;
                 self.close_dangling(ctx, h.log_pos).await?;
                 self.group = Some(Group {
-                    tx_id: g.gtid.to_string(),
-                    commit_prefix: self.commit_prefix(h.log_pos),
-                    seq: 0,
-                    ts_ms: i64::from(h.timestamp) * 1000,
                     standalone: g.flags & gtid_flags::STANDALONE != 0,
                     xa_prepare: g.flags & gtid_flags::PREPARED_XA != 0,
                     maria: Some(g.gtid),
-                    mysql: None,
-                    held: Vec::new(),
+                    ..Group::new(g.gtid.to_string(), self.commit_prefix(h.log_pos), &h)
                 });
             }
             ty::MARIA_GTID_LIST => {
@@ -439,23 +521,19 @@ impl<'r> Streamer<'r> {
                 let g = MysqlGtidEvent::parse(data).map_err(|e| self.decode_err(e))?;
                 self.close_dangling(ctx, h.log_pos).await?;
                 let anonymous = h.type_code == ty::MYSQL_ANONYMOUS_GTID || g.gno == 0;
+                let tx_id = if anonymous {
+                    format!("{}:{}", self.file, h.log_pos)
+                } else {
+                    g.text()
+                };
                 self.group = Some(Group {
-                    tx_id: if anonymous {
-                        format!("{}:{}", self.file, h.log_pos)
-                    } else {
-                        g.text()
-                    },
-                    commit_prefix: self.commit_prefix(h.log_pos),
-                    seq: 0,
-                    ts_ms: i64::from(h.timestamp) * 1000,
                     standalone: true, // until a BEGIN says otherwise
-                    xa_prepare: false,
-                    maria: None,
                     mysql: (!anonymous).then_some((g.uuid, g.gno)),
-                    held: Vec::new(),
+                    ..Group::new(tx_id, self.commit_prefix(h.log_pos), &h)
                 });
             }
             ty::QUERY => {
+                self.event_ms = m::now_ms();
                 let q = Query::parse(data).map_err(|e| self.decode_err(e))?;
                 self.query(ctx, &h, &q).await?;
             }
@@ -491,6 +569,7 @@ impl<'r> Streamer<'r> {
             }
             t if binlog::rows_kind(t).is_some() => {
                 if let Some((kind, v2)) = binlog::rows_kind(t) {
+                    self.event_ms = m::now_ms();
                     self.rows(ctx, &h, data, kind, v2).await?;
                 }
             }
@@ -509,8 +588,37 @@ impl<'r> Streamer<'r> {
         Ok(())
     }
 
+    /// After a file/pos resume: the first GTID of a (domain, server) the checkpoint knows must
+    /// come after it, else the file holds other history than the one the checkpoint was taken in.
+    fn check_continues(&mut self, g: MariaGtid) -> Result<(), SourceError> {
+        let Some(known) = self
+            .continues
+            .as_ref()
+            .and_then(|c| c.get(g.domain))
+            .filter(|k| k.server == g.server)
+        else {
+            return Ok(());
+        };
+        self.continues = None;
+        if g.seq > known.seq {
+            return Ok(());
+        }
+        Err(SourceError::Diverged {
+            detail: format!(
+                "GTID {g} follows {}:{} where the checkpoint stands at {known}",
+                self.file, self.pos
+            ),
+            bucket: "tidemark_state".into(),
+            key: tidemark_core::state::source_key(&self.rt.settings.pipeline),
+        })
+    }
+
     fn commit_prefix(&self, log_pos: u32) -> String {
-        format!("{:08X}:{:016X}", self.file_idx, u64::from(log_pos))
+        let mut prefix = String::with_capacity(25);
+        position::push_hex(&mut prefix, u64::from(self.file_idx), 8);
+        prefix.push(':');
+        position::push_hex(&mut prefix, u64::from(log_pos), 16);
+        prefix
     }
 
     /// A new group began while one was open (should not happen): finish the old one.
@@ -520,7 +628,7 @@ impl<'r> Streamer<'r> {
         log_pos: u32,
     ) -> Result<(), SourceError> {
         if let Some(g) = &self.group {
-            tracing::warn!(pipeline = %self.rt.settings.pipeline, tx = %g.tx_id, log_pos, "event group ended without commit; closing it");
+            tracing::warn!(pipeline = %self.rt.settings.pipeline, tx = %g.tx.id, log_pos, "event group ended without commit; closing it");
             self.flush_pending(ctx, true).await?;
             self.group = None;
         }
@@ -541,17 +649,11 @@ impl<'r> Streamer<'r> {
                     Some(g) => g.standalone = false,
                     None => {
                         // No GTID (old server, gtid disabled): the group starts here.
-                        self.group = Some(Group {
-                            tx_id: format!("{}:{}", self.file, h.log_pos),
-                            commit_prefix: self.commit_prefix(h.log_pos),
-                            seq: 0,
-                            ts_ms: i64::from(h.timestamp) * 1000,
-                            standalone: false,
-                            xa_prepare: false,
-                            maria: None,
-                            mysql: None,
-                            held: Vec::new(),
-                        })
+                        self.group = Some(Group::new(
+                            format!("{}:{}", self.file, h.log_pos),
+                            self.commit_prefix(h.log_pos),
+                            h,
+                        ))
                     }
                 }
                 return Ok(());
@@ -677,17 +779,11 @@ impl<'r> Streamer<'r> {
         }
         if self.group.is_none() {
             // Rows outside a group: treat the event as its own group.
-            self.group = Some(Group {
-                tx_id: format!("{}:{}", self.file, h.log_pos),
-                commit_prefix: self.commit_prefix(h.log_pos),
-                seq: 0,
-                ts_ms: i64::from(h.timestamp) * 1000,
-                standalone: false,
-                xa_prepare: false,
-                maria: None,
-                mysql: None,
-                held: Vec::new(),
-            });
+            self.group = Some(Group::new(
+                format!("{}:{}", self.file, h.log_pos),
+                self.commit_prefix(h.log_pos),
+                h,
+            ));
         }
         if let Some(g) = self.group.as_mut() {
             g.standalone = false;
@@ -759,21 +855,17 @@ impl<'r> Streamer<'r> {
         ctx: &SourceContext<MysqlCheckpoint>,
         last: bool,
     ) -> Result<(), SourceError> {
-        let (Some(p), Some(g)) = (self.pending.take(), self.group.as_ref()) else {
+        let (Some(p), Some(g)) = (self.pending.take(), self.group.as_mut()) else {
             return Ok(());
         };
         let pos = position::streamed(&g.commit_prefix, p.seq);
-        let tx = TxInfo {
-            id: g.tx_id.clone(),
-            seq: p.seq,
-            commit_pos: g.tx_id.clone(),
-            last,
-        };
+        g.tx.seq = p.seq;
+        g.tx.last = last;
         let change = Change {
             op: p.op,
             table: &p.plan.meta,
             pos: &pos,
-            tx: &tx,
+            tx: &g.tx,
             ts_ms: g.ts_ms,
             snapshot: false,
             before: p.before.as_ref(),
@@ -782,7 +874,7 @@ impl<'r> Streamer<'r> {
         let msg = self
             .rt
             .encoder
-            .encode(&self.rt.naming, &change, m::now_ms());
+            .encode(&self.rt.naming, &change, self.event_ms);
         ctx.outbox.event(msg).await?;
         Ok(())
     }
@@ -840,7 +932,7 @@ impl<'r> Streamer<'r> {
         if h.log_pos != 0 {
             self.pos = u64::from(h.log_pos);
         }
-        let key = key.unwrap_or_else(|| g.tx_id.clone());
+        let key = key.unwrap_or_else(|| g.tx.id.clone());
         tracing::info!(pipeline = %self.rt.settings.pipeline, xid = %key, rows = g.held.len(),
             "XA transaction prepared; its rows wait for XA COMMIT and checkpoints pause");
         self.xa.insert(key, g.held);
