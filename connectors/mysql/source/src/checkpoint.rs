@@ -9,9 +9,10 @@
 //! A checkpoint is only ever taken at a transaction boundary and written only
 //! after JetStream acknowledged every event before it, with a compare-and-set
 //! on the KV revision so a stale second instance fails instead of moving the
-//! position backwards. It stores both the GTID position (preferred for
-//! resume: it survives binlog file renumbering and, on MariaDB, failover) and
-//! file/pos (fallback when the server has no GTIDs yet).
+//! position backwards. It stores both the GTID position and file/pos, with
+//! the server they belong to: on the same MariaDB server the stream resumes
+//! by file/pos (a direct seek), after a server change by GTID, which survives
+//! failover and file renumbering (see `stream.rs`).
 
 use crate::binlog::Flavour;
 use crate::error::SourceError;
