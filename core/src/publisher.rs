@@ -10,14 +10,12 @@
 //! absorbed by the `Nats-Msg-Id` duplicate window. (The supervisor counts the
 //! failure in `tidemark_errors_total`; nothing here counts it twice.)
 
-use crate::envelope::OutMessage;
 use crate::error::Failure;
 use crate::metrics as m;
 use crate::source::Outgoing;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
-use futures_util::FutureExt as _;
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -30,9 +28,6 @@ type AckFuture = Pin<
             + Send,
     >,
 >;
-
-/// Most outbox items taken in one go.
-const RECV_BATCH: usize = 256;
 
 enum InFlight<C> {
     Ack { fut: AckFuture, started: Instant },
@@ -70,9 +65,6 @@ impl Publisher {
         let mut queue: VecDeque<InFlight<C>> = VecDeque::new();
         let mut acks_in_flight = 0usize;
         let mut closed = false;
-        // Whatever the outbox holds is taken at once (up to the free window): one wake-up and
-        // one `select!` round per batch instead of per event.
-        let mut batch: Vec<Outgoing<C>> = Vec::with_capacity(RECV_BATCH);
         loop {
             // Hand back every checkpoint / flush whose predecessors are all acknowledged.
             while matches!(
@@ -107,59 +99,35 @@ impl Publisher {
                     }
                 }, if has_ack => {
                     let (result, started) = result;
-                    let mut done = 1u64;
-                    let mut outcome = result.map(|_| ());
-                    latency.record(started.elapsed().as_secs_f64());
-                    queue.pop_front();
-                    // Acks behind it that already arrived are taken in the same round.
-                    while outcome.is_ok() {
-                        let Some(InFlight::Ack { fut, started }) = queue.front_mut() else { break };
-                        let Some(next) = fut.as_mut().now_or_never() else { break };
-                        latency.record(started.elapsed().as_secs_f64());
-                        outcome = next.map(|_| ());
-                        done += 1;
-                        queue.pop_front();
-                    }
-                    outcome.map_err(|e| {
+                    result.map_err(|e| {
                         Failure::transient("publish", format!("JetStream did not acknowledge a publish: {e}"))
                     })?;
-                    published.increment(done);
-                    acks_in_flight -= done as usize;
+                    latency.record(started.elapsed().as_secs_f64());
+                    published.increment(1);
+                    acks_in_flight -= 1;
+                    queue.pop_front();
                 }
-                n = rx.recv_many(&mut batch, (self.window - acks_in_flight).min(RECV_BATCH)), if can_receive => {
-                    if n == 0 {
-                        closed = true;
+                item = rx.recv(), if can_receive => match item {
+                    None => closed = true,
+                    Some(Outgoing::Event(msg)) => {
+                        let publish = PublishMessage::build().message_id(msg.id).payload(msg.payload);
+                        let ack: PublishAckFuture = self
+                            .js
+                            .send_publish(msg.subject, publish)
+                            .await
+                            .map_err(|e| {
+                                Failure::transient("publish", format!("publishing to JetStream failed: {e}"))
+                            })?;
+                        queue.push_back(InFlight::Ack {
+                            fut: Box::pin(ack.into_future()),
+                            started: Instant::now(),
+                        });
+                        acks_in_flight += 1;
                     }
-                    for item in batch.drain(..) {
-                        match item {
-                            Outgoing::Event(msg) => {
-                                queue.push_back(self.publish(msg).await?);
-                                acks_in_flight += 1;
-                            }
-                            Outgoing::Checkpoint(c) => queue.push_back(InFlight::Checkpoint(c)),
-                            Outgoing::Flush(reply) => queue.push_back(InFlight::Flush(reply)),
-                        }
-                    }
-                }
+                    Some(Outgoing::Checkpoint(c)) => queue.push_back(InFlight::Checkpoint(c)),
+                    Some(Outgoing::Flush(reply)) => queue.push_back(InFlight::Flush(reply)),
+                },
             }
         }
-    }
-
-    /// Sends one envelope; its ack is awaited later, in order.
-    async fn publish<C>(&self, msg: OutMessage) -> Result<InFlight<C>, Failure> {
-        let publish = PublishMessage::build()
-            .message_id(msg.id)
-            .payload(msg.payload);
-        let ack: PublishAckFuture =
-            self.js
-                .send_publish(msg.subject, publish)
-                .await
-                .map_err(|e| {
-                    Failure::transient("publish", format!("publishing to JetStream failed: {e}"))
-                })?;
-        Ok(InFlight::Ack {
-            fut: Box::pin(ack.into_future()),
-            started: Instant::now(),
-        })
     }
 }
