@@ -222,6 +222,13 @@ fn write_config(args: &BenchArgs, names: &Names, source: &str) -> Result<PathBuf
     Ok(path)
 }
 
+/// Lets the servers finish the load's background work (InnoDB flushing and purge, the WAL
+/// writer, checkpoints) before anything is measured: otherwise whichever measurement runs first
+/// after loading pays for it, and the references run later on a quieter machine.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+}
+
 /// Starts the daemon, waits until it is ready (slot / checkpoint in place), stops it.
 async fn warm_up(config: &PathBuf, port: u16) -> Result<(), BoxError> {
     let exe = std::env::current_exe()?;
@@ -536,6 +543,7 @@ mod pg {
                 .query_one("SELECT pg_current_wal_lsn()::text", &[])
                 .await?
                 .get(0);
+            settle().await;
             eprintln!("  tidemark…");
             let (tidemark_secs, rss_kib, msg_bytes) =
                 measure_tidemark(args, &config, &names.pipeline, names.port, count).await?;
@@ -645,6 +653,7 @@ mod my {
                 id = last + 1;
             }
             total += count;
+            settle().await;
             eprintln!("  tidemark…");
             let (tidemark_secs, rss_kib, msg_bytes) =
                 measure_tidemark(args, &config, &names.pipeline, names.port, count).await?;
