@@ -806,6 +806,12 @@ async fn definite_failure(env: &Env) -> Failure {
     let f = failures.pop().expect("a failure");
     assert_eq!(f.retry, Retry::Definite, "{}", f.message);
     assert!(f.message.contains("Re-snapshot"), "{}", f.message);
+    // The message names the state store's own bucket and the pipeline's key.
+    let delete = format!(
+        "nats kv del {BUCKET} {}",
+        tidemark_core::state::source_key(&env.pipeline.name)
+    );
+    assert!(f.message.contains(&delete), "{}", f.message);
     f
 }
 

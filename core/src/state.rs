@@ -120,6 +120,11 @@ impl StateStore {
         Ok(StateStore { kv })
     }
 
+    /// The bucket's name, for messages that tell the user which key to delete.
+    pub fn bucket(&self) -> &str {
+        &self.kv.name
+    }
+
     /// Reads `key`.
     pub async fn load<T: DeserializeOwned>(
         &self,

@@ -111,7 +111,7 @@ async fn run(ctx: &SourceContext<MysqlCheckpoint>) -> Result<(), SourceError> {
     if ctx.shutdown.is_cancelled() {
         return Ok(());
     }
-    let streamer = stream::Streamer::new(&mut rt, &start)?;
+    let streamer = stream::Streamer::new(&mut rt, &start, ctx.state.bucket())?;
     streamer.run(ctx, &mut persister).await
 }
 

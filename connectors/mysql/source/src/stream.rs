@@ -127,6 +127,8 @@ pub struct Streamer<'r> {
     checksums: bool,
     /// Wall clock (ms) when the current binlog event was read: the envelopes' `ts_ms`.
     event_ms: i64,
+    /// The KV bucket holding the checkpoint, named in errors that ask for a re-snapshot.
+    state_bucket: String,
     /// `server_id` of the server the start checkpoint was taken on.
     start_server_id: Option<u32>,
     /// Set when resumed by file/pos with GTIDs known: the state the next GTIDs must continue.
@@ -146,14 +148,14 @@ pub struct Streamer<'r> {
     lag_bytes: metrics::Gauge,
 }
 
-fn map_stream_error(e: mysql_async::Error, rt: &Runtime) -> SourceError {
+fn map_stream_error(e: mysql_async::Error, rt: &Runtime, bucket: &str) -> SourceError {
     match server_code(&e) {
         Some(code::MASTER_FATAL_READING_BINLOG) => SourceError::Purged {
             detail: match &e {
                 mysql_async::Error::Server(s) => s.message.clone(),
                 other => other.to_string(),
             },
-            bucket: "tidemark_state".into(),
+            bucket: bucket.to_owned(),
             key: tidemark_core::state::source_key(&rt.settings.pipeline),
         },
         Some(code::SLAVE_SAME_ID) => SourceError::DuplicateServerId {
@@ -165,8 +167,12 @@ fn map_stream_error(e: mysql_async::Error, rt: &Runtime) -> SourceError {
 }
 
 impl<'r> Streamer<'r> {
-    /// A streamer starting at `start`.
-    pub fn new(rt: &'r mut Runtime, start: &MysqlCheckpoint) -> Result<Streamer<'r>, SourceError> {
+    /// A streamer starting at `start`, whose checkpoint lives in `state_bucket`.
+    pub fn new(
+        rt: &'r mut Runtime,
+        start: &MysqlCheckpoint,
+        state_bucket: &str,
+    ) -> Result<Streamer<'r>, SourceError> {
         let maria = if rt.flavour() == binlog::Flavour::Mariadb {
             GtidState::parse(&start.gtid_state).map_err(|e| SourceError::Config {
                 message: format!("stored checkpoint: {e}"),
@@ -192,6 +198,7 @@ impl<'r> Streamer<'r> {
             mysql,
             checksums: rt.server.checksums(),
             event_ms: 0,
+            state_bucket: state_bucket.to_owned(),
             start_server_id: start.server_id,
             continues: None,
             table_ids: HashMap::new(),
@@ -320,7 +327,7 @@ impl<'r> Streamer<'r> {
         let stream = conn
             .get_binlog_stream(request)
             .await
-            .map_err(|e| map_stream_error(e, rt))?;
+            .map_err(|e| map_stream_error(e, rt, &self.state_bucket))?;
         Ok(stream)
     }
 
@@ -376,7 +383,7 @@ impl<'r> Streamer<'r> {
                             pos: self.pos,
                             source: binlog::DecodeError::invalid("binlog packet", "event framing failed on a malformed packet"),
                         }),
-                        Some(Ok(Err(e))) => return Err(map_stream_error(e, self.rt)),
+                        Some(Ok(Err(e))) => return Err(map_stream_error(e, self.rt, &self.state_bucket)),
                         Some(Ok(Ok(event))) => self.handle(ctx, &event).await?,
                     }
                 }
@@ -608,7 +615,7 @@ impl<'r> Streamer<'r> {
                 "GTID {g} follows {}:{} where the checkpoint stands at {known}",
                 self.file, self.pos
             ),
-            bucket: "tidemark_state".into(),
+            bucket: self.state_bucket.clone(),
             key: tidemark_core::state::source_key(&self.rt.settings.pipeline),
         })
     }
