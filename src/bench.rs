@@ -339,7 +339,12 @@ async fn measure_tidemark(
         }
         last_poll = Instant::now();
         peak = peak.max(vm_hwm_kib(pid));
-        let messages = stream.info().await?.state.messages - before.messages;
+        let messages = stream
+            .info()
+            .await?
+            .state
+            .messages
+            .saturating_sub(before.messages);
         if first.is_none() && messages > 0 {
             first = Some((std::time::SystemTime::now(), Instant::now(), messages));
         }
@@ -388,7 +393,7 @@ fn cpu_secs(pid: u32) -> f64 {
         .ok()
         .and_then(|s| {
             // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-            let rest = &s[s.rfind(')')? + 2..];
+            let rest = s.get(s.rfind(')')? + 2..)?;
             let f: Vec<&str> = rest.split_whitespace().collect();
             let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
             Some(ticks as f64 / 100.0)
