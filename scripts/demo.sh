@@ -10,15 +10,23 @@ cd "$(dirname "$0")/.."
 once=false
 [ "${1:-}" = "--once" ] && once=true
 
-bash scripts/services.sh --quiet
+# The servers: the instances scripts/services.sh owns (their addresses come from its --env
+# output, so port overrides such as TIDEMARK_SERVICES_PG_PORT apply here too).
+services_env=$(bash scripts/services.sh --env)
+eval "$services_env"
+host_port() { local rest=${1#*://}; rest=${rest##*@}; printf '%s' "${rest%%/*}"; }
+export TIDEMARK_DEMO_NATS=$TIDEMARK_TEST_NATS
+TIDEMARK_DEMO_PG=$(host_port "$TIDEMARK_TEST_PG")
+TIDEMARK_DEMO_MYSQL=$(host_port "$TIDEMARK_TEST_MYSQL")
+export TIDEMARK_DEMO_PG TIDEMARK_DEMO_MYSQL
 echo "building tidemark (release)…"
 cargo build --release --locked --bin tidemark
 bin=./target/release/tidemark
 
 export TIDEMARK_PG_PASSWORD=tidemark TIDEMARK_MYSQL_PASSWORD=tidemark
 export PGPASSWORD=tidemark
-pg() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U tidemark -d "$1" "${@:2}"; }
-my() { mariadb -h127.0.0.1 -utidemark -ptidemark "$@"; }
+pg() { psql -X -q -v ON_ERROR_STOP=1 -h "${TIDEMARK_DEMO_PG%:*}" -p "${TIDEMARK_DEMO_PG##*:}" -U tidemark -d "$1" "${@:2}"; }
+my() { mariadb --no-defaults --skip-ssl -h"${TIDEMARK_DEMO_MYSQL%:*}" -P"${TIDEMARK_DEMO_MYSQL##*:}" -utidemark -ptidemark "$@"; }
 
 schema_pg='
 CREATE TABLE IF NOT EXISTS customers (id bigint PRIMARY KEY, name text NOT NULL, email text, created_at timestamptz NOT NULL DEFAULT now());

@@ -230,6 +230,24 @@ port_free() {
     die "$1: port $2 is taken by a process that is not ours${who:+ ($who)}; leaving it alone. Stop it or choose another port: $3=<port>"
 }
 
+# ports_first NAME STAMP PID PORT:VAR... : run before anything of NAME is written. When our
+# server is not running (PID empty), or runs on other ports than wanted (STAMP records the
+# ports it was started with), every wanted PORT must be free: else stop here, clearly, with
+# our server and its files left as they are.
+ports_first() {
+    local name=$1 stamp=$2 pid=$3 i=1 spec old
+    shift 3
+    local -a started=()
+    read -r -a started <"$stamp" 2>/dev/null || true # digest port...
+    for spec in "$@"; do
+        old=${started[$i]:-}
+        if [[ -z $pid ]] || [[ -n $old && $old != "${spec%%:*}" ]]; then
+            port_free "$name" "${spec%%:*}" "${spec##*:}"
+        fi
+        i=$((i + 1))
+    done
+}
+
 # digest FILE... : one hash over the contents of the files (the config an instance runs with).
 digest() { cat "$@" 2>/dev/null | sha256sum | cut -c1-64; }
 
@@ -423,6 +441,9 @@ host    replication     all             127.0.0.1/32    trust"
 
 setup_postgres() {
     [[ -n $PG_VERSION && -x $PG_BIN/initdb ]] || die "postgres: no PostgreSQL server (initdb) found under /usr/lib/postgresql"
+    local want pid
+    pid=$(owned_pid "$PGDATA/postmaster.pid" "$PGDATA" "$PG_BIN/postgres") || pid=""
+    ports_first postgres "$PG_STAMP" "$pid" "$PG_PORT:TIDEMARK_SERVICES_PG_PORT"
     ensure_dir postgres "$PG_HOME" postgres:postgres 0755
     if [[ ! -s $PGDATA/PG_VERSION ]]; then
         if [[ -d $PGDATA ]] && [[ -n $(ls -A "$PGDATA") ]]; then
@@ -443,9 +464,8 @@ setup_postgres() {
         ensure_copy postgres "$TLS_CERT" "$PG_HOME/server.pem" postgres:postgres 0644
         ensure_copy postgres "$TLS_KEY" "$PG_HOME/server.key" postgres:postgres 0600
     fi
-    local want pid
-    want=$(digest "$PGDATA/postgresql.conf" "$PGDATA/tidemark.conf" "$PGDATA/pg_hba.conf" "$PG_HOME/server.pem" "$PG_HOME/server.key")
-    if pid=$(owned_pid "$PGDATA/postmaster.pid" "$PGDATA" "$PG_BIN/postgres"); then
+    want="$(digest "$PGDATA/postgresql.conf" "$PGDATA/tidemark.conf" "$PGDATA/pg_hba.conf" "$PG_HOME/server.pem" "$PG_HOME/server.key") $PG_PORT"
+    if [[ -n $pid ]]; then
         if [[ $(cat "$PG_STAMP" 2>/dev/null) != "$want" ]]; then
             act "postgres: restarting our cluster (pid $pid): its configuration changed" || return 0
             pg_ctl -m fast stop || die "postgres: stopping our cluster failed; see $PG_LOG"
@@ -563,6 +583,9 @@ my_start() {
 }
 
 setup_mariadb() {
+    local want pid
+    pid=$(owned_pid "$MY_PID" "$MY_DATA" /usr/sbin/mariadbd) || pid=""
+    ports_first mariadb "$MY_STAMP" "$pid" "$MY_PORT:TIDEMARK_SERVICES_MYSQL_PORT"
     ensure_dir mariadb "$MY_HOME" mysql:mysql 0750
     [[ -d $MY_HOME ]] || return 0
     ensure_file mariadb "$MY_CNF" "$MY_CONF" root:root 0644
@@ -576,9 +599,8 @@ setup_mariadb() {
             --skip-test-db >"$MY_HOME/install-db.log" 2>&1 ||
             die "mariadb: mariadb-install-db failed; see $MY_HOME/install-db.log"
     fi
-    local want pid
-    want=$(digest "$MY_CNF" "$MY_HOME/server.pem" "$MY_HOME/server.key")
-    if pid=$(owned_pid "$MY_PID" "$MY_DATA" /usr/sbin/mariadbd); then
+    want="$(digest "$MY_CNF" "$MY_HOME/server.pem" "$MY_HOME/server.key") $MY_PORT"
+    if [[ -n $pid ]]; then
         if [[ $(cat "$MY_STAMP" 2>/dev/null) != "$want" ]]; then
             act "mariadb: restarting our server (pid $pid): its configuration changed" || return 0
             mariadb-admin --no-defaults --socket="$MY_SOCK" -uroot --skip-ssl shutdown >/dev/null 2>&1 || true
@@ -649,18 +671,26 @@ nats_start() {
     port_free nats "$NATS_HTTP_PORT" TIDEMARK_SERVICES_NATS_HTTP_PORT
     /usr/sbin/nats-server -c "$NATS_CONF" -t >/dev/null 2>&1 || die "nats: $NATS_CONF failed 'nats-server -t'"
     rm -f "$NATS_PID"
-    start-stop-daemon --start --quiet --background --pidfile "$NATS_PID" --chdir "$NATS_HOME" --exec /usr/sbin/nats-server \
-        -- -c "$NATS_CONF" -l "$NATS_LOG" 9>&- || die "nats: could not start nats-server; see $NATS_LOG"
+    # argv[0] is plain `nats-server`: older copies of this script stopped every process whose
+    # command line starts with /usr/sbin/nats-server, and must not take ours down with theirs.
+    # shellcheck disable=SC2016 # $0 and $1 are expanded by the inner bash
+    start-stop-daemon --start --quiet --background --pidfile "$NATS_PID" --chdir "$NATS_HOME" \
+        --exec /usr/sbin/nats-server --startas /bin/bash -- \
+        -c 'exec -a nats-server /usr/sbin/nats-server -c "$0" -l "$1"' "$NATS_CONF" "$NATS_LOG" 9>&- ||
+        die "nats: could not start nats-server; see $NATS_LOG"
 }
 
 setup_nats() {
+    local want pid
+    pid=$(owned_pid "$NATS_PID" "$NATS_HOME" /usr/sbin/nats-server) || pid=""
+    ports_first nats "$NATS_STAMP" "$pid" "$NATS_PORT:TIDEMARK_SERVICES_NATS_PORT" \
+        "$NATS_HTTP_PORT:TIDEMARK_SERVICES_NATS_HTTP_PORT"
     ensure_dir nats "$NATS_HOME" root:root 0755
     [[ -d $NATS_HOME ]] || return 0
     ensure_file nats "$NATS_CONF" "$NATS_CONF_CONTENT" root:root 0644
     ensure_dir nats "$NATS_STORE" root:root 0750
-    local want pid
-    want=$(digest "$NATS_CONF")
-    if pid=$(owned_pid "$NATS_PID" "$NATS_HOME" /usr/sbin/nats-server); then
+    want="$(digest "$NATS_CONF") $NATS_PORT $NATS_HTTP_PORT"
+    if [[ -n $pid ]]; then
         if [[ $(cat "$NATS_STAMP" 2>/dev/null) != "$want" ]]; then
             act "nats: restarting our nats-server (pid $pid): its configuration changed" || return 0
             stop_pid nats "$pid"
@@ -710,12 +740,14 @@ redis_start() {
 }
 
 setup_redis() {
+    local want pid
+    pid=$(owned_pid "$REDIS_PID" "$REDIS_HOME" /usr/bin/redis-server) || pid=""
+    ports_first redis "$REDIS_STAMP" "$pid" "$REDIS_PORT:TIDEMARK_SERVICES_REDIS_PORT"
     ensure_dir redis "$REDIS_HOME" "$REDIS_USER:$REDIS_USER" 0750
     [[ -d $REDIS_HOME ]] || return 0
     ensure_file redis "$REDIS_CONF" "$REDIS_CONF_CONTENT" root:root 0644
-    local want pid
-    want=$(digest "$REDIS_CONF")
-    if pid=$(owned_pid "$REDIS_PID" "$REDIS_HOME" /usr/bin/redis-server); then
+    want="$(digest "$REDIS_CONF") $REDIS_PORT"
+    if [[ -n $pid ]]; then
         if [[ $(cat "$REDIS_STAMP" 2>/dev/null) != "$want" ]]; then
             act "redis: restarting our redis-server (pid $pid): its configuration changed" || return 0
             stop_pid redis "$pid"

@@ -40,14 +40,24 @@ pub struct BenchArgs {
     /// Rows per transaction in the MySQL large phase.
     #[arg(long, default_value_t = 1000)]
     pub mysql_tx_rows: u64,
-    /// Postgres server (a role with REPLICATION and CREATEDB).
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    /// Postgres server (a role with REPLICATION and CREATEDB); default: the instance
+    /// `scripts/services.sh` owns.
+    #[arg(
+        long,
+        env = "TIDEMARK_TEST_PG",
+        default_value = "postgres://postgres@127.0.0.1:15432"
+    )]
     pub pg: String,
-    /// MySQL/MariaDB server (a user with replication privileges and CREATE).
-    #[arg(long, default_value = "mysql://tidemark:tidemark@127.0.0.1:3306")]
+    /// MySQL/MariaDB server (a user with replication privileges and CREATE); default: the
+    /// instance `scripts/services.sh` owns.
+    #[arg(
+        long,
+        env = "TIDEMARK_TEST_MYSQL",
+        default_value = "mysql://tidemark:tidemark@127.0.0.1:13306"
+    )]
     pub mysql: String,
-    /// NATS server.
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    /// NATS server; default: the instance `scripts/services.sh` owns.
+    #[arg(long, env = "TIDEMARK_TEST_NATS", default_value = "nats://127.0.0.1:14222")]
     pub nats: String,
     /// Keep the benchmark database and stream afterwards.
     #[arg(long)]

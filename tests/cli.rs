@@ -80,7 +80,7 @@ async fn cleanup(pipeline: &str, dbs: &[&str]) {
 fn misspelled_key_names_key_and_line() {
     let path = temp_file(
         "p.toml",
-        "[nats]\nurl = \"nats://127.0.0.1:4222\"\n\n[[pipelines]]\nname = \"x\"\n  [pipelines.source]\n  kind = \"postgres\"\n  url = \"postgres://u:topsecret1@h/db\"\n  tabels = [\"public.*\"]\n",
+        "[nats]\nurl = \"nats://127.0.0.1:1\"\n\n[[pipelines]]\nname = \"x\"\n  [pipelines.source]\n  kind = \"postgres\"\n  url = \"postgres://u:topsecret1@h/db\"\n  tabels = [\"public.*\"]\n",
     );
     let (code, out, err) = run_cli(&["check", "--offline", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
@@ -353,6 +353,7 @@ async fn secrets_never_reach_logs() {
     let db = unique("tm_secret");
     pg_create_db(&db).await;
     let secret = "Wr0ngS3cretValue";
+    let pg = pg_host_port();
     let config = format!(
         r#"[nats]
 url = "{NATS}"
@@ -362,7 +363,7 @@ listen = ""
 name = "{pipeline}"
   [pipelines.source]
   kind = "postgres"
-  url = "postgres://tidemark_scram:${{TIDEMARK_TEST_PG_SECRET}}@127.0.0.1:5432/{db}"
+  url = "postgres://tidemark_scram:${{TIDEMARK_TEST_PG_SECRET}}@{pg}/{db}"
   tables = ["public.*"]
 "#
     );

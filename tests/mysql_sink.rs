@@ -439,16 +439,13 @@ async fn poison_event_halts_by_default_and_dead_letters_on_request() {
     mysql_drop_db(&db).await;
 }
 
-fn root_sql(sql: &str) {
-    let out = std::process::Command::new("mariadb")
-        .args(["-uroot", "-e", sql])
-        .output()
-        .expect("run mariadb client as root");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs administrative SQL (users, KILL) on the test MariaDB as its all-privileges test user.
+async fn root_sql(sql: &str) {
+    let mut c = mysql_conn("").await;
+    c.query_drop(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = c.disconnect().await;
 }
 
 #[tokio::test]
@@ -462,9 +459,9 @@ async fn target_outage_then_catch_up_and_restarts_converge() {
     .await;
     let user = unique("tmsink");
     for host in ["127.0.0.1", "localhost"] {
-        root_sql(&format!("CREATE USER '{user}'@'{host}' IDENTIFIED BY 'pw'; GRANT ALL ON `{db}`.* TO '{user}'@'{host}'"));
+        root_sql(&format!("CREATE USER '{user}'@'{host}' IDENTIFIED BY 'pw'; GRANT ALL ON `{db}`.* TO '{user}'@'{host}'")).await;
     }
-    let url = format!("mysql://{user}:pw@127.0.0.1:3306/{db}");
+    let url = mysql_url_as(&user, "pw", &db);
     let bus = Bus::new("myoutage").await;
     let p = bus.name().to_owned();
     let t = Table::new(
@@ -500,12 +497,12 @@ async fn target_outage_then_catch_up_and_restarts_converge() {
 
     // Outage: lock the account and kill its connections.
     for host in ["127.0.0.1", "localhost"] {
-        root_sql(&format!("ALTER USER '{user}'@'{host}' ACCOUNT LOCK"));
+        root_sql(&format!("ALTER USER '{user}'@'{host}' ACCOUNT LOCK")).await;
     }
     root_sql(&format!(
         "SELECT CONCAT('KILL ', ID, ';') INTO @k FROM information_schema.PROCESSLIST WHERE USER = '{user}' LIMIT 1; \
          SET @k = COALESCE(@k, 'DO 0'); PREPARE s FROM @k; EXECUTE s;"
-    ));
+    )).await;
     let last = bus.publish(&batch(300, &mut expected)).await;
     let went_unready = wait_until(Duration::from_secs(15), || {
         let h = sink.health.clone();
@@ -515,7 +512,7 @@ async fn target_outage_then_catch_up_and_restarts_converge() {
     assert!(went_unready, "sink reports the outage");
     tokio::time::sleep(Duration::from_secs(3)).await;
     for host in ["127.0.0.1", "localhost"] {
-        root_sql(&format!("ALTER USER '{user}'@'{host}' ACCOUNT UNLOCK"));
+        root_sql(&format!("ALTER USER '{user}'@'{host}' ACCOUNT UNLOCK")).await;
     }
     assert!(
         wait_my_seq(&db, &p, "replica", last, Duration::from_secs(90)).await,
@@ -540,7 +537,7 @@ async fn target_outage_then_catch_up_and_restarts_converge() {
     sink.stop().await;
     bus.cleanup().await;
     for host in ["127.0.0.1", "localhost"] {
-        root_sql(&format!("DROP USER IF EXISTS '{user}'@'{host}'"));
+        root_sql(&format!("DROP USER IF EXISTS '{user}'@'{host}'")).await;
     }
     mysql_drop_db(&db).await;
 }

@@ -13,7 +13,6 @@ use tidemark_core::publisher::Publisher;
 use tidemark_core::source::Outbox;
 use tidemark_core::state::{StateError, StateStore};
 
-const NEWEST: &str = "/opt/tidemark-nats/bin/nats-server";
 
 /// A private nats-server process on a free port, removed on drop.
 struct PrivateServer {
@@ -184,13 +183,13 @@ async fn exercise(url: &str) -> String {
 
 #[tokio::test]
 async fn oldest_supported_server() {
-    let version = exercise(NATS).await;
+    let version = exercise(&NATS).await;
     assert!(version.starts_with("2."), "{version}");
 }
 
 #[tokio::test]
 async fn newest_supported_server() {
-    let server = PrivateServer::start(NEWEST);
+    let server = PrivateServer::start(&NATS_NEW);
     let version = exercise(&server.url).await;
     assert!(version.starts_with("2.1"), "expected 2.1x, got {version}");
 }

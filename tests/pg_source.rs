@@ -584,8 +584,8 @@ async fn scram_login_and_wrong_password() {
     let settings = |password: &str| {
         let mut p = env.pipeline.clone();
         p.source.url = format!(
-            "postgres://tidemark_scram:{password}@127.0.0.1:5432/{}?sslmode=disable",
-            env.db
+            "{}?sslmode=disable",
+            common::pg_url_as("tidemark_scram", password, &env.db)
         );
         PgSettings::from_pipeline(&p).unwrap()
     };
@@ -598,10 +598,7 @@ async fn scram_login_and_wrong_password() {
     good.close().await;
     // sslmode=prefer falls back to plain TCP on a server without TLS.
     let mut p = env.pipeline.clone();
-    p.source.url = format!(
-        "postgres://tidemark_scram:scram-secret@127.0.0.1:5432/{}",
-        env.db
-    );
+    p.source.url = common::pg_url_as("tidemark_scram", "scram-secret", &env.db);
     let prefer = ReplicationClient::connect(&PgSettings::from_pipeline(&p).unwrap()).await;
     assert!(prefer.is_ok(), "{:?}", prefer.err());
     let err = ReplicationClient::connect(&settings("wrong"))
@@ -613,8 +610,10 @@ async fn scram_login_and_wrong_password() {
     assert!(!err.to_string().contains("wrong"), "no secret in {err}");
     // A missing database is definite too; an unreachable port is transient.
     let mut p = env.pipeline.clone();
-    p.source.url =
-        "postgres://tidemark_scram:scram-secret@127.0.0.1:5432/no_such_db_x?sslmode=disable".into();
+    p.source.url = format!(
+        "{}?sslmode=disable",
+        common::pg_url_as("tidemark_scram", "scram-secret", "no_such_db_x")
+    );
     let e = ReplicationClient::connect(&PgSettings::from_pipeline(&p).unwrap())
         .await
         .unwrap_err();
@@ -630,7 +629,7 @@ async fn scram_login_and_wrong_password() {
     assert_eq!(e.retry(), Retry::Transient, "{e}");
     // The probes say the same.
     let mut p = env.pipeline.clone();
-    p.source.url = format!("postgres://tidemark_scram:wrong@127.0.0.1:5432/{}", env.db);
+    p.source.url = common::pg_url_as("tidemark_scram", "wrong", &env.db);
     let probes = tidemark_postgres_source::check::check(&p).await;
     assert!(
         probes

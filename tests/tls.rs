@@ -1,6 +1,6 @@
 //! TLS to every server, proven against the real servers through the real code paths.
 //!
-//! `scripts/services.sh` makes a local CA (`/etc/tidemark-tls/ca.pem`) and one server
+//! `scripts/services.sh` makes a local CA (`/etc/tidemark-tls/ca.pem`, `TIDEMARK_TEST_CA`) and one server
 //! certificate (SAN `localhost`, `127.0.0.1`, `::1`) used by Postgres and MariaDB, plus a role
 //! / user `tidemark_tls` that can *only* log in over TLS (pg_hba `hostnossl … reject`;
 //! MariaDB `REQUIRE SSL`). So every successful login as `tidemark_tls` proves the connection
@@ -21,23 +21,35 @@ use tidemark_core::error::{Classify, Retry};
 use tidemark_postgres_source::client::{sql_connect, ClientError, ReplicationClient};
 use tidemark_postgres_source::config::PgSettings;
 
-/// The local CA made by `scripts/services.sh`.
-const CA: &str = "/etc/tidemark-tls/ca.pem";
-/// The server certificate and key made by `scripts/services.sh` (for the private nats-server).
-const SERVER_CERT: &str = "/etc/tidemark-tls/server.pem";
-const SERVER_KEY: &str = "/etc/tidemark-tls/server.key";
-/// The role / user that may only connect over TLS.
+/// The server certificate and key made by `scripts/services.sh` beside the CA
+/// (`common::CA`), for the private nats-server.
+fn server_cert() -> String {
+    tls_file("server.pem")
+}
+fn server_key() -> String {
+    tls_file("server.key")
+}
+fn tls_file(name: &str) -> String {
+    std::path::Path::new(CA.get())
+        .with_file_name(name)
+        .display()
+        .to_string()
+}
+/// The role / user that may only connect over TLS (on external servers too).
 const TLS_USER: &str = "tidemark_tls";
 const TLS_PASSWORD: &str = "tls-secret";
 
-/// `postgres://tidemark_tls:…@host:5432/db?query`.
+/// `postgres://tidemark_tls:…@host:port/db?query`, the port of `TIDEMARK_TEST_PG_TLS`; `host`
+/// is `127.0.0.1` or `localhost` (the names in the server certificate).
 fn pg_tls_url(host: &str, db: &str, query: &str) -> String {
-    format!("postgres://{TLS_USER}:{TLS_PASSWORD}@{host}:5432/{db}?{query}")
+    let port = authority(&PG_TLS).port;
+    format!("postgres://{TLS_USER}:{TLS_PASSWORD}@{host}:{port}/{db}?{query}")
 }
 
-/// `mysql://tidemark_tls:…@host:3306/db?query`.
+/// `mysql://tidemark_tls:…@host:port/db?query`, the port of `TIDEMARK_TEST_MYSQL_TLS`.
 fn my_tls_url(host: &str, db: &str, query: &str) -> String {
-    format!("mysql://{TLS_USER}:{TLS_PASSWORD}@{host}:3306/{db}?{query}")
+    let port = authority(&MYSQL_TLS).port;
+    format!("mysql://{TLS_USER}:{TLS_PASSWORD}@{host}:{port}/{db}?{query}")
 }
 
 fn verify_full() -> String {
@@ -547,7 +559,10 @@ async fn mariadb_source_keeps_the_tcp_connection_it_was_given() {
     .expect("create users");
     let mut results = Vec::new();
     for query in ["ssl-mode=disabled".to_owned(), verify_identity()] {
-        let url = format!("mysql://{user}:{password}@127.0.0.1:3306/{db}?{query}");
+        let url = format!(
+            "mysql://{user}:{password}@127.0.0.1:{}/{db}?{query}",
+            authority(&MYSQL).port
+        );
         let probes =
             tidemark_mysql_source::check(&pipeline("mysql", &url, &[&format!("{db}.*")])).await;
         results.push((query, probes));
@@ -686,7 +701,7 @@ impl TlsNats {
             .expect("free port");
         let child = Command::new("/usr/sbin/nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["--tls", "--tlscert", SERVER_CERT, "--tlskey", SERVER_KEY])
+            .args(["--tls", "--tlscert", &server_cert(), "--tlskey", &server_key()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -729,7 +744,7 @@ async fn nats_over_tls_needs_the_ca() {
         format!("tls://localhost:{port}"),
     ] {
         let client =
-            tidemark_core::nats::connect(&nats_config(&url, Some(CA)), "tidemark-tls-test")
+            tidemark_core::nats::connect(&nats_config(&url, Some(CA.get())), "tidemark-tls-test")
                 .await
                 .unwrap_or_else(|e| panic!("{url} with the CA: {e}"));
         let mut sub = client.subscribe("tls.test").await.expect("subscribe");

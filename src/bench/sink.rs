@@ -438,7 +438,7 @@ async fn bulk(
         &names.bulk_pipeline,
         port,
         // Never started (--role sinks); the pipeline just needs one.
-        "  kind = \"postgres\"\n  url = \"postgres://postgres@127.0.0.1:5432/unused\"\n",
+        "  kind = \"postgres\"\n  url = \"postgres://postgres@127.0.0.1:1/unused\"\n",
         SinkSpec {
             kind,
             target_url: target.url(),

@@ -1,39 +1,231 @@
 //! Shared test harness: fresh databases, streams and a real daemon process.
 //!
-//! Every helper talks to the real servers that `scripts/services.sh` makes
-//! ready; nothing is mocked. Names come from [`unique`] so tests can run in
+//! Every helper talks to real servers, nothing is mocked: by default the private instances
+//! that `scripts/services.sh` owns (run once per test process), or, with
+//! `TIDEMARK_TEST_EXTERNAL=1`, the servers named by the `TIDEMARK_TEST_*` variables (see
+//! [`TestUrl`]); every address comes from there, none is written into a test. Names come from [`unique`] so tests can run in
 //! parallel and leave nothing behind.
 
 #![allow(dead_code)]
 
 use async_nats::jetstream;
+use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::io::Read as _;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Postgres server for tests (trust auth for `postgres`).
-pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
-/// MariaDB server for tests.
-pub const MYSQL: &str = "mysql://tidemark:tidemark@127.0.0.1:3306";
-/// NATS server for tests.
-pub const NATS: &str = "nats://127.0.0.1:4222";
+/// A server address (or path) the tests use, resolved once per process: the environment
+/// variable `var` when it is set, else the value `scripts/services.sh --env` printed for its
+/// own instance, else `default` (the owned instance's address with the default ports).
+///
+/// It dereferences to `&str` and implements `Display`, so `format!("{PG}/{db}")`,
+/// `&*NATS`, `NATS.get()` and `common::MYSQL.to_string()` all work.
+pub struct TestUrl {
+    var: &'static str,
+    default: &'static str,
+    value: OnceLock<String>,
+}
 
-static SERVICES: Once = Once::new();
+impl TestUrl {
+    const fn new(var: &'static str, default: &'static str) -> TestUrl {
+        TestUrl {
+            var,
+            default,
+            value: OnceLock::new(),
+        }
+    }
 
-/// Runs `scripts/services.sh` once per test process (fast when all is ready).
-pub fn ensure_services() {
-    SERVICES.call_once(|| {
+    /// The resolved value (runs `scripts/services.sh` first unless the variable is set or
+    /// `TIDEMARK_TEST_EXTERNAL=1`).
+    pub fn get(&self) -> &str {
+        self.value.get_or_init(|| {
+            if let Some(v) = std::env::var(self.var).ok().filter(|v| !v.is_empty()) {
+                return v;
+            }
+            services_env()
+                .get(self.var)
+                .cloned()
+                .unwrap_or_else(|| self.default.to_owned())
+        })
+    }
+
+    /// Name of the environment variable that overrides this value.
+    pub fn var(&self) -> &'static str {
+        self.var
+    }
+}
+
+impl Deref for TestUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.get()
+    }
+}
+
+impl AsRef<str> for TestUrl {
+    fn as_ref(&self) -> &str {
+        self.get()
+    }
+}
+
+impl fmt::Display for TestUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl fmt::Debug for TestUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={:?}", self.var, self.get())
+    }
+}
+
+/// Postgres server for tests (trust auth for `postgres`): `TIDEMARK_TEST_PG`, a URL without a
+/// database (`postgres://user[:password]@host:port`).
+pub static PG: TestUrl = TestUrl::new("TIDEMARK_TEST_PG", "postgres://postgres@127.0.0.1:15432");
+/// MariaDB server for tests (a user with all privileges): `TIDEMARK_TEST_MYSQL`, a URL without a
+/// database.
+pub static MYSQL: TestUrl = TestUrl::new(
+    "TIDEMARK_TEST_MYSQL",
+    "mysql://tidemark:tidemark@127.0.0.1:13306",
+);
+/// NATS server with JetStream for tests: `TIDEMARK_TEST_NATS`.
+pub static NATS: TestUrl = TestUrl::new("TIDEMARK_TEST_NATS", "nats://127.0.0.1:14222");
+/// The NATS server's monitoring endpoint: `TIDEMARK_TEST_NATS_MONITOR`.
+pub static NATS_MONITOR: TestUrl =
+    TestUrl::new("TIDEMARK_TEST_NATS_MONITOR", "http://127.0.0.1:18222");
+/// Redis server for tests: `TIDEMARK_TEST_REDIS`.
+pub static REDIS: TestUrl = TestUrl::new("TIDEMARK_TEST_REDIS", "redis://127.0.0.1:16379");
+/// The newest supported nats-server binary (started privately by tests):
+/// `TIDEMARK_TEST_NATS_NEW`.
+pub static NATS_NEW: TestUrl = TestUrl::new(
+    "TIDEMARK_TEST_NATS_NEW",
+    "/opt/tidemark-nats/bin/nats-server",
+);
+/// The CA that signed the servers' TLS certificates: `TIDEMARK_TEST_CA`.
+pub static CA: TestUrl = TestUrl::new("TIDEMARK_TEST_CA", "/etc/tidemark-tls/ca.pem");
+/// Postgres over verified TLS as a role that may only log in over TLS: `TIDEMARK_TEST_PG_TLS`.
+pub static PG_TLS: TestUrl = TestUrl::new(
+    "TIDEMARK_TEST_PG_TLS",
+    "postgres://tidemark_tls:tls-secret@127.0.0.1:15432/postgres?sslmode=verify-full&sslrootcert=/etc/tidemark-tls/ca.pem",
+);
+/// MariaDB over verified TLS as a user with `REQUIRE SSL`: `TIDEMARK_TEST_MYSQL_TLS`.
+pub static MYSQL_TLS: TestUrl = TestUrl::new(
+    "TIDEMARK_TEST_MYSQL_TLS",
+    "mysql://tidemark_tls:tls-secret@127.0.0.1:13306/?ssl-mode=verify_identity&ssl-ca=/etc/tidemark-tls/ca.pem",
+);
+
+/// True if `TIDEMARK_TEST_EXTERNAL` is `1`/`true`/`yes`: the tests use the servers named by the
+/// `TIDEMARK_TEST_*` variables as they are and never run `scripts/services.sh`.
+pub fn external_servers() -> bool {
+    matches!(
+        std::env::var("TIDEMARK_TEST_EXTERNAL").as_deref(),
+        Ok("1" | "true" | "yes")
+    )
+}
+
+static SERVICES_ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
+
+/// Runs `scripts/services.sh --env` once per test process (fast when all is ready) and keeps
+/// the `TIDEMARK_TEST_*` values it printed; nothing with `TIDEMARK_TEST_EXTERNAL=1`.
+fn services_env() -> &'static HashMap<String, String> {
+    SERVICES_ENV.get_or_init(|| {
+        if external_servers() {
+            return HashMap::new();
+        }
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
-        let status = Command::new("bash")
+        let out = Command::new("bash")
             .arg(script)
-            .arg("--quiet")
-            .status()
+            .arg("--env")
+            .stderr(Stdio::inherit())
+            .output()
             .expect("run scripts/services.sh");
-        assert!(status.success(), "scripts/services.sh failed");
-    });
+        assert!(
+            out.status.success(),
+            "scripts/services.sh failed (to use servers you manage yourself, set \
+             TIDEMARK_TEST_EXTERNAL=1 and the TIDEMARK_TEST_* variables)"
+        );
+        parse_env_lines(&String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// `export NAME='value'` lines (what `services.sh --env` prints) as a map.
+pub fn parse_env_lines(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}
+
+/// Makes the test servers ready: runs `scripts/services.sh` once per test process unless
+/// `TIDEMARK_TEST_EXTERNAL=1`.
+pub fn ensure_services() {
+    let _ = services_env();
+}
+
+/// The parts of a server URL's authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    /// User name (empty if none).
+    pub user: String,
+    /// Password (empty if none).
+    pub password: String,
+    /// Host name or address (IPv6 in brackets).
+    pub host: String,
+    /// Port (the URL must name one).
+    pub port: u16,
+}
+
+impl Authority {
+    /// `host:port`.
+    pub fn host_port(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Splits `scheme://user:password@host:port/...` (no percent-decoding: test URLs need none).
+pub fn authority(url: &str) -> Authority {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (userinfo, host_port) = rest[..end].rsplit_once('@').unwrap_or(("", &rest[..end]));
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("test server URL {url:?} must name a port"));
+    Authority {
+        user: user.to_owned(),
+        password: password.to_owned(),
+        host: host.to_owned(),
+        port: port
+            .parse()
+            .unwrap_or_else(|e| panic!("port of test server URL {url:?}: {e}")),
+    }
+}
+
+/// `host:port` of the test Postgres.
+pub fn pg_host_port() -> String {
+    authority(&PG).host_port()
+}
+
+/// `host:port` of the test MariaDB.
+pub fn mysql_host_port() -> String {
+    authority(&MYSQL).host_port()
+}
+
+/// URL of database `db` on the test Postgres as `user` with `password`.
+pub fn pg_url_as(user: &str, password: &str, db: &str) -> String {
+    format!("postgres://{user}:{password}@{}/{db}", pg_host_port())
+}
+
+/// URL of database `db` on the test MariaDB as `user` with `password`.
+pub fn mysql_url_as(user: &str, password: &str, db: &str) -> String {
+    format!("mysql://{user}:{password}@{}/{db}", mysql_host_port())
 }
 
 /// `prefix` plus a random suffix: lowercase letters, digits and `_`.
@@ -44,18 +236,20 @@ pub fn unique(prefix: &str) -> String {
 
 /// URL of database `db` on the test Postgres.
 pub fn pg_url(db: &str) -> String {
-    format!("{PG}/{db}")
+    format!("{}/{db}", PG.trim_end_matches('/'))
 }
 
 /// A plain SQL connection to `db` (session pinned to UTC).
 pub async fn pg_connect(db: &str) -> tokio_postgres::Client {
     ensure_services();
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port=5432 user=postgres dbname={db} options='-c TimeZone=UTC'"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect to postgres db {db}: {e}"));
+    let mut config: tokio_postgres::Config = pg_url(db)
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", PG.var()));
+    config.options("-c TimeZone=UTC");
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to postgres db {db} at {}: {e}", pg_host_port()));
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -118,7 +312,7 @@ pub async fn pg_drop_db(name: &str) {
 
 /// URL of database `db` on the test MariaDB.
 pub fn mysql_url(db: &str) -> String {
-    format!("{MYSQL}/{db}")
+    format!("{}/{db}", MYSQL.trim_end_matches('/'))
 }
 
 /// A connection to `db` on the test MariaDB (`db` may be empty).
@@ -156,7 +350,9 @@ pub async fn mysql_drop_db(name: &str) {
 /// A NATS client.
 pub async fn nats() -> async_nats::Client {
     ensure_services();
-    async_nats::connect(NATS).await.expect("connect to nats")
+    async_nats::connect(NATS.get())
+        .await
+        .unwrap_or_else(|e| panic!("connect to nats at {NATS}: {e}"))
 }
 
 /// A JetStream context.
