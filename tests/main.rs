@@ -11,4 +11,5 @@ mod nats_compat;
 mod pg_sink;
 mod pg_source;
 mod pg_types;
+mod services;
 mod tls;
