@@ -476,9 +476,11 @@ setup_postgres() {
     else
         port_free postgres "$PG_PORT" TIDEMARK_SERVICES_PG_PORT
         act "postgres: starting our cluster $PGDATA on 127.0.0.1:$PG_PORT" || return 0
-        # A pid file whose process is gone (reboot, kill -9) would make postgres refuse to start
-        # if the pid was reused; no postgres runs on this directory, so it is stale.
-        rm -f "$PGDATA/postmaster.pid"
+        # A pid or socket lock file whose process is gone (reboot, kill -9) makes postgres refuse
+        # to start if that pid was reused or is a zombie not yet reaped; no postgres runs on this
+        # directory and nothing listens on the port, so they are stale (the socket directory is
+        # ours alone).
+        rm -f "$PGDATA/postmaster.pid" "$PG_HOME/.s.PGSQL.$PG_PORT" "$PG_HOME/.s.PGSQL.$PG_PORT.lock"
         pg_ctl start || die "postgres: starting $PGDATA failed; see $PG_LOG"
         printf '%s\n' "$want" >"$PG_STAMP"
     fi

@@ -57,7 +57,11 @@ pub struct BenchArgs {
     )]
     pub mysql: String,
     /// NATS server; default: the instance `scripts/services.sh` owns.
-    #[arg(long, env = "TIDEMARK_TEST_NATS", default_value = "nats://127.0.0.1:14222")]
+    #[arg(
+        long,
+        env = "TIDEMARK_TEST_NATS",
+        default_value = "nats://127.0.0.1:14222"
+    )]
     pub nats: String,
     /// Keep the benchmark database and stream afterwards.
     #[arg(long)]

@@ -13,7 +13,6 @@ use tidemark_core::publisher::Publisher;
 use tidemark_core::source::Outbox;
 use tidemark_core::state::{StateError, StateStore};
 
-
 /// A private nats-server process on a free port, removed on drop.
 struct PrivateServer {
     child: std::process::Child,

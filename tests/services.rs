@@ -56,7 +56,10 @@ fn free_port() -> u16 {
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
-        assert!(Instant::now() < deadline, "{what} not ready after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -130,7 +133,11 @@ impl Foreign {
             .arg(format!("--socket={}", dir.join("sock").display()))
             .arg(format!("--pid-file={}", dir.join("pid").display()))
             .arg(format!("--log-error={}", dir.join("error.log").display()))
-            .args(["--user=mysql", "--bind-address=127.0.0.1", "--skip-name-resolve"])
+            .args([
+                "--user=mysql",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+            ])
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -223,7 +230,11 @@ async fn services_script_leaves_foreign_servers_alone() {
     );
     let (out, took) = run_script(&["--check"], &[]);
     eprintln!("scripts/services.sh --check: {took:?}");
-    assert!(out.status.success(), "--check must find all ready: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "--check must find all ready: {}",
+        text(&out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("everything is ready"),
         "{}",
@@ -231,11 +242,23 @@ async fn services_script_leaves_foreign_servers_alone() {
     );
 
     // Two runs at once both succeed.
-    let a = Command::new("bash").arg(script()).arg("--quiet").spawn().expect("run a");
-    let b = Command::new("bash").arg(script()).arg("--quiet").spawn().expect("run b");
+    let a = Command::new("bash")
+        .arg(script())
+        .arg("--quiet")
+        .spawn()
+        .expect("run a");
+    let b = Command::new("bash")
+        .arg(script())
+        .arg("--quiet")
+        .spawn()
+        .expect("run b");
     for (name, run) in [("first", a), ("second", b)] {
         let out = run.wait_with_output().expect("wait");
-        assert!(out.status.success(), "{name} concurrent run: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "{name} concurrent run: {}",
+            text(&out)
+        );
     }
 
     // A run waits while another holds the lock.
@@ -261,10 +284,16 @@ async fn services_script_leaves_foreign_servers_alone() {
         for args in [&["--check"][..], &[][..]] {
             let (out, _) = run_script(args, &[(var, port.to_string())]);
             let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{var}={port} {args:?}: {}", text(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{var}={port} {args:?}: {}",
+                text(&out)
+            );
             assert!(
-                err.contains(&format!("{name}: port {port} is taken by a process that is not ours"))
-                    && err.contains(var),
+                err.contains(&format!(
+                    "{name}: port {port} is taken by a process that is not ours"
+                )) && err.contains(var),
                 "{var}={port} {args:?}: {}",
                 text(&out)
             );
@@ -290,7 +319,11 @@ async fn services_script_leaves_foreign_servers_alone() {
         .expect("the foreign nats-server answers");
     foreign.flush().await.expect("foreign nats flush");
     assert_eq!(foreign.server_info().port, nats_f.port);
-    assert_eq!(maria_f.mariadb_port(), Some(maria_f.port), "the foreign mariadbd answers");
+    assert_eq!(
+        maria_f.mariadb_port(),
+        Some(maria_f.port),
+        "the foreign mariadbd answers"
+    );
 
     owned_instances_answer().await;
 }

@@ -701,7 +701,13 @@ impl TlsNats {
             .expect("free port");
         let child = Command::new("/usr/sbin/nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["--tls", "--tlscert", &server_cert(), "--tlskey", &server_key()])
+            .args([
+                "--tls",
+                "--tlscert",
+                &server_cert(),
+                "--tlskey",
+                &server_key(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
