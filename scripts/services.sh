@@ -238,7 +238,7 @@ ports_first() {
     local name=$1 stamp=$2 pid=$3 i=1 spec old
     shift 3
     local -a started=()
-    read -r -a started <"$stamp" 2>/dev/null || true # digest port...
+    if [[ -r $stamp ]]; then read -r -a started <"$stamp" || true; fi # digest port...
     for spec in "$@"; do
         old=${started[$i]:-}
         if [[ -z $pid ]] || [[ -n $old && $old != "${spec%%:*}" ]]; then

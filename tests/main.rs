@@ -1,6 +1,7 @@
-//! Integration tests against the real Postgres, MariaDB and NATS started by
-//! `scripts/services.sh`. One binary, one module per area; every test makes
-//! its own databases, slots and streams and removes them afterwards.
+//! Integration tests against real Postgres, MariaDB and NATS: the instances
+//! `scripts/services.sh` owns, or the servers named by `TIDEMARK_TEST_*` (see
+//! `common`). One binary, one module per area; every test makes its own
+//! databases, slots and streams and removes them afterwards.
 
 mod cli;
 mod common;
