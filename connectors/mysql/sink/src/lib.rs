@@ -86,6 +86,11 @@ pub async fn status(sink: &SinkConfig, pipeline: &str) -> Result<SinkStatus, Fai
     })
 }
 
+/// Parses a sink URL exactly as [`run`] will, without connecting: `check --offline`.
+pub fn validate_url(url: &str) -> Result<(), MySinkError> {
+    client::options(url).map(drop)
+}
+
 /// Probes for `tidemark check`: reachable and authenticated, the database exists,
 /// `tidemark_offsets` can be created, and the target tables of the source's exact (glob-free)
 /// table names exist.

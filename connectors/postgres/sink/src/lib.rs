@@ -31,6 +31,11 @@ pub async fn run(ctx: SinkContext) -> Result<(), Failure> {
     tidemark_core::sink::run::<PostgresSink>(ctx).await
 }
 
+/// Parses a sink URL exactly as [`run`] will, without connecting: `check --offline`.
+pub fn validate_url(url: &str) -> Result<(), PgSinkError> {
+    client::parse(url).map(drop)
+}
+
 fn offsets_schema(sink: &SinkConfig) -> String {
     sink.schema.clone().unwrap_or_else(|| "public".to_owned())
 }
