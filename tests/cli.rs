@@ -84,7 +84,10 @@ fn misspelled_key_names_key_and_line() {
     );
     let (code, out, err) = run_cli(&["check", "--offline", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
-    assert!(err.contains("unknown field `tabels`"), "{err}");
+    assert!(
+        err.contains("pipelines[0].source.tabels: unknown key `tabels`"),
+        "{err}"
+    );
     assert!(err.contains("p.toml:9:"), "error must name line 9: {err}");
     assert!(
         !err.contains("topsecret1") && !out.contains("topsecret1"),
