@@ -286,12 +286,13 @@ async fn sink_once(
         shutdown: shutdown.clone(),
         health: health.clone(),
     };
-    let run = async {
+    // Boxed: the sink runtimes are large futures, kept off the supervisor's stack.
+    let run = Box::pin(async {
         match s.kind {
             SinkKind::Postgres => tidemark_postgres_sink::run(ctx).await,
             SinkKind::Mysql => tidemark_mysql_sink::run(ctx).await,
         }
-    };
+    });
     tokio::select! {
         result = run => result,
         never = watch_pending(&js, p, s) => match never {},
