@@ -386,7 +386,7 @@ name = "shop"
             "batch_size = 10",
             "on_error = \"Pw_S3cr3t_x\"",
             &[],
-            &["p.toml:20: pipelines[0].sinks[1].on_error: expected one of `halt`, or `dead_letter`"],
+            &["p.toml:20: pipelines[0].sinks[1].on_error: expected `halt` or `dead_letter`"],
         ),
         (
             "batch_size = 10",
@@ -422,7 +422,7 @@ name = "shop"
             "[nats]",
             "[log]\nformat = 7\n[nats]",
             &[],
-            &["p.toml:2: log.format: expected one of `text`, or `json`, found a whole number"],
+            &["p.toml:2: log.format: expected `text` or `json`, found a whole number"],
         ),
         (
             "  kind = \"mysql\"\n",
@@ -471,7 +471,7 @@ name = "shop"
             "",
             "",
             &[("TIDEMARK_LOG__FORMAT", "Pw_S3cr3t_env")],
-            &["log.format (set by environment variable TIDEMARK_LOG__FORMAT): expected one of `text`, or `json`"],
+            &["log.format (set by environment variable TIDEMARK_LOG__FORMAT): expected `text` or `json`"],
         ),
         (
             "",

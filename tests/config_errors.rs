@@ -97,7 +97,7 @@ fn wrong_types_name_key_line_and_kind() {
         (
             "batch_size = 10",
             "on_error = \"Pw_S3cr3t_c\"",
-            &["FILE:20: pipelines[0].sinks[1].on_error: expected one of `halt`, or `dead_letter`"],
+            &["FILE:20: pipelines[0].sinks[1].on_error: expected `halt` or `dead_letter`"],
         ),
         (
             "  tables = [\"public.*\"]",
@@ -156,7 +156,7 @@ fn environment_overrides_name_the_variable() {
         (
             "TIDEMARK_LOG__FORMAT",
             SECRET,
-            &["log.format (set by environment variable TIDEMARK_LOG__FORMAT): expected one of `text`, or `json`"],
+            &["log.format (set by environment variable TIDEMARK_LOG__FORMAT): expected `text` or `json`"],
         ),
         (
             "TIDEMARK_NATS__URL",

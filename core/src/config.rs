@@ -566,6 +566,21 @@ mod tests {
     }
 
     #[test]
+    fn nats_url_lists_are_parsed_without_echoing_passwords() {
+        let mut n = NatsConfig {
+            url: "nats://a:4222, tls://b:4223,c".into(),
+            ..NatsConfig::default()
+        };
+        assert_eq!(n.server_addrs().map(|a| a.len()), Ok(3));
+        n.url = "nats://u:Pw_s3cret@a:4222,nats://u:Pw_s3cret@b:42x".into();
+        let e = n.server_addrs().err().unwrap_or_default();
+        assert!(e.starts_with("server 2 is not a NATS URL"), "{e}");
+        assert!(!e.contains("Pw_s3cret"), "{e}");
+        n.url = "nats://a:4222,".into();
+        assert!(n.server_addrs().is_err());
+    }
+
+    #[test]
     fn unknown_key_is_rejected() {
         let e = toml::from_str::<Config>("[nats]\nurll = \"x\"\n");
         assert!(e.is_err());

@@ -107,6 +107,7 @@ impl fmt::Display for OneOf {
         match self.0 {
             [] => f.write_str("nothing"),
             [one] => write!(f, "`{one}`"),
+            [a, b] => write!(f, "`{a}` or `{b}`"),
             [init @ .., last] => {
                 f.write_str("one of ")?;
                 for v in init {
