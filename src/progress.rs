@@ -87,7 +87,10 @@ fn parse(text: &str) -> Progress {
 /// `snapshot 12,345 / 50,000 rows (24%) [public.orders 9,000/40,000 …]`, or None before any
 /// snapshot started.
 fn render_line(p: &Progress) -> Option<String> {
-    if p.is_empty() {
+    // Families are registered at zero at start-up: no snapshot has started until one moves.
+    if p.values()
+        .all(|&(rows, estimated)| rows == 0.0 && estimated == 0.0)
+    {
         return None;
     }
     let rows: f64 = p.values().map(|v| v.0).sum();

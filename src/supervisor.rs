@@ -40,6 +40,7 @@ const OUTBOX_CAPACITY: usize = 8192;
 /// Starts every component selected by `role` and waits until all of them stopped, which
 /// happens only after `shutdown` fires.
 pub async fn run_all(config: &Config, role: Role, health: &Health, shutdown: &CancellationToken) {
+    register_metrics(config, role);
     let mut tasks = JoinSet::new();
     for p in &config.pipelines {
         if role != Role::Sinks {
@@ -94,6 +95,29 @@ pub async fn run_all(config: &Config, role: Role, health: &Health, shutdown: &Ca
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Registers every metric family of the components `role` runs, at zero, before any of them
+/// starts: a sink whose database is down from the first second still exports its applied,
+/// pending and latency series, so "pending grows while applied stays flat" can alert.
+fn register_metrics(config: &Config, role: Role) {
+    for p in &config.pipelines {
+        if role != Role::Sinks {
+            let exact: Vec<String> = p
+                .source
+                .tables
+                .iter()
+                .filter(|t| !t.contains('*'))
+                .cloned()
+                .collect();
+            m::register_source(&p.name, &exact);
+        }
+        if role != Role::Sources {
+            for s in &p.sinks {
+                m::register_sink(&p.name, &s.name);
+            }
+        }
+    }
 }
 
 /// Runs `attempt` until it returns `Ok` (clean shutdown) or `shutdown` fires, with backoff
@@ -258,12 +282,56 @@ async fn sink_once(
     let ctx = tidemark_core::sink::SinkContext {
         pipeline: p.clone(),
         sink: s.clone(),
-        js,
+        js: js.clone(),
         shutdown: shutdown.clone(),
         health: health.clone(),
     };
-    match s.kind {
-        SinkKind::Postgres => tidemark_postgres_sink::run(ctx).await,
-        SinkKind::Mysql => tidemark_mysql_sink::run(ctx).await,
+    // Boxed: the sink runtimes are large futures, kept off the supervisor's stack.
+    let run = Box::pin(async {
+        match s.kind {
+            SinkKind::Postgres => tidemark_postgres_sink::run(ctx).await,
+            SinkKind::Mysql => tidemark_mysql_sink::run(ctx).await,
+        }
+    });
+    tokio::select! {
+        result = run => result,
+        never = watch_pending(&js, p, s) => match never {},
+    }
+}
+
+/// How often [`watch_pending`] refreshes the gauge.
+const PENDING_PERIOD: Duration = Duration::from_secs(2);
+
+/// Keeps `tidemark_sink_pending_events` current for as long as the sink runs, whether or not
+/// its target is reachable: the runtime refreshes the gauge only inside a session, and a
+/// session needs the target database. Reads only: the consumer's pending counts when it
+/// exists, else every message in the stream (a sink that never consumed owes all of them).
+async fn watch_pending(
+    js: &async_nats::jetstream::Context,
+    p: &PipelineConfig,
+    s: &SinkConfig,
+) -> std::convert::Infallible {
+    let gauge = metrics::gauge!(m::SINK_PENDING, m::L_PIPELINE => p.name.clone(), m::L_SINK => s.name.clone());
+    let stream = p.stream_name();
+    let consumer = tidemark_core::subject::consumer_name(&p.name, &s.name);
+    loop {
+        let pending = tokio::time::timeout(PENDING_PERIOD, pending_now(js, &stream, &consumer));
+        if let Ok(Some(n)) = pending.await {
+            gauge.set(n as f64);
+        }
+        tokio::time::sleep(PENDING_PERIOD).await;
+    }
+}
+
+/// Messages the sink's consumer has not had acknowledged, or `None` when NATS cannot say.
+async fn pending_now(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> Option<u64> {
+    let mut stream = js.get_stream(stream).await.ok()?;
+    match stream.consumer_info(consumer).await {
+        Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
+        Err(_) => Some(stream.info().await.ok()?.state.messages),
     }
 }

@@ -84,7 +84,10 @@ fn misspelled_key_names_key_and_line() {
     );
     let (code, out, err) = run_cli(&["check", "--offline", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
-    assert!(err.contains("unknown field `tabels`"), "{err}");
+    assert!(
+        err.contains("pipelines[0].source.tabels: unknown key `tabels`"),
+        "{err}"
+    );
     assert!(err.contains("p.toml:9:"), "error must name line 9: {err}");
     assert!(
         !err.contains("topsecret1") && !out.contains("topsecret1"),
@@ -391,4 +394,211 @@ name = "{pipeline}"
         "secret leaked by check:\n{out}\n{err}"
     );
     cleanup(&pipeline, &[&db]).await;
+}
+
+/// Every documented family, with the label fragments of `pipeline` / sink `replica` /
+/// table `public.items`.
+fn documented_series(pipeline: &str) -> Vec<(&'static str, Vec<String>)> {
+    let p = format!("pipeline=\"{pipeline}\"");
+    let s = "sink=\"replica\"".to_owned();
+    let t = "table=\"public.items\"".to_owned();
+    vec![
+        (
+            "tidemark_source_events_total",
+            vec![p.clone(), t.clone(), "op=\"c\"".into()],
+        ),
+        ("tidemark_published_events_total", vec![p.clone()]),
+        ("tidemark_source_lag_seconds", vec![p.clone()]),
+        ("tidemark_source_slot_lag_bytes", vec![p.clone()]),
+        ("tidemark_publish_latency_seconds_count", vec![p.clone()]),
+        (
+            "tidemark_sink_applied_events_total",
+            vec![p.clone(), s.clone(), "op=\"c\"".into()],
+        ),
+        (
+            "tidemark_sink_applied_events_total",
+            vec![p.clone(), s.clone(), "op=\"d\"".into()],
+        ),
+        (
+            "tidemark_sink_duplicates_skipped_total",
+            vec![p.clone(), s.clone()],
+        ),
+        ("tidemark_sink_pending_events", vec![p.clone(), s.clone()]),
+        (
+            "tidemark_sink_apply_latency_seconds_count",
+            vec![p.clone(), s.clone()],
+        ),
+        (
+            "tidemark_end_to_end_latency_seconds_count",
+            vec![p.clone(), s.clone()],
+        ),
+        (
+            "tidemark_end_to_end_latency_seconds_bucket",
+            vec![p.clone(), s.clone(), "le=\"+Inf\"".into()],
+        ),
+        (
+            "tidemark_sink_dead_letters_total",
+            vec![p.clone(), s.clone()],
+        ),
+        (
+            "tidemark_component_ready",
+            vec![format!("component=\"{pipeline}/sink/replica\"")],
+        ),
+        (
+            "tidemark_component_ready",
+            vec![format!("component=\"{pipeline}/source\"")],
+        ),
+        (
+            "tidemark_reconnects_total",
+            vec!["component=\"sink\"".into()],
+        ),
+        ("tidemark_snapshot_rows_total", vec![p.clone(), t.clone()]),
+        ("tidemark_snapshot_rows_estimated", vec![p, t]),
+        ("tidemark_build_info", vec![]),
+    ]
+}
+
+/// The families missing from `body`.
+fn missing_series(body: &str, pipeline: &str) -> Vec<String> {
+    documented_series(pipeline)
+        .into_iter()
+        .filter(|(family, labels)| {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            metric(body, family, &labels).is_none()
+        })
+        .map(|(family, labels)| format!("{family}{labels:?}"))
+        .collect()
+}
+
+/// A sink whose database is unreachable from the first second: every documented family is
+/// exported at zero from start-up, the pending gauge follows the stream while the sink cannot
+/// connect, and /readyz names the sink.
+#[tokio::test]
+async fn every_family_from_start_up_and_pending_grows_while_the_sink_is_down() {
+    let pipeline = unique("down");
+    let src = unique("tm_down_src");
+    pg_create_db(&src).await;
+    let source = pg_connect(&src).await;
+    source
+        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let port = free_port();
+    // A closed local port: nothing listens there.
+    let closed = free_port();
+    let config = format!(
+        r#"[nats]
+url = "{NATS}"
+[metrics]
+listen = "127.0.0.1:{port}"
+[[pipelines]]
+name = "{pipeline}"
+  [pipelines.source]
+  kind = "postgres"
+  url = "{src_url}"
+  tables = ["public.items"]
+  [[pipelines.sinks]]
+  name = "replica"
+  kind = "postgres"
+  url = "postgres://postgres@127.0.0.1:{closed}/nowhere?sslmode=disable"
+"#,
+        src_url = pg_url(&src),
+    );
+    let mut daemon = Daemon::start(&config);
+
+    // From start-up: the first answer of /metrics already has every family.
+    let mut body = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some((200, b)) = http_get(port, "/metrics").await {
+            if b.contains("tidemark_build_info") {
+                body = b;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answered = !body.is_empty();
+    assert!(answered, "no /metrics; logs:\n{}", daemon.logs());
+    let missing = missing_series(&body, &pipeline);
+    assert!(
+        missing.is_empty(),
+        "missing at start-up: {missing:?}\n{body}"
+    );
+    for zero in [
+        "tidemark_sink_applied_events_total",
+        "tidemark_end_to_end_latency_seconds_count",
+    ] {
+        assert_eq!(
+            metric(&body, zero, &[&format!("pipeline=\"{pipeline}\"")]),
+            Some(0.0),
+            "{zero} should start at 0"
+        );
+    }
+
+    // The source publishes; the sink cannot connect; pending follows the stream.
+    let stream_has = |n: f64| {
+        let pipeline = pipeline.clone();
+        async move {
+            http_get(port, "/metrics")
+                .await
+                .and_then(|(_, b)| {
+                    metric(
+                        &b,
+                        "tidemark_sink_pending_events",
+                        &[&format!("pipeline=\"{pipeline}\""), "sink=\"replica\""],
+                    )
+                })
+                .is_some_and(|v| v >= n)
+        }
+    };
+    source
+        .batch_execute("INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 20) g")
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || stream_has(20.0)).await,
+        "pending never reached 20: {:?}\nlogs:\n{}",
+        http_get(port, "/metrics").await.map(|(_, b)| b),
+        daemon.logs()
+    );
+    source
+        .batch_execute("INSERT INTO items SELECT g, 'n' || g FROM generate_series(21, 50) g")
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || stream_has(50.0)).await,
+        "pending did not grow to 50; logs:\n{}",
+        daemon.logs()
+    );
+    let (code, body) = http_get(port, "/metrics").await.unwrap_or_default();
+    assert_eq!(code, 200);
+    let missing = missing_series(&body, &pipeline);
+    assert!(missing.is_empty(), "missing later: {missing:?}");
+    assert!(
+        metric(
+            &body,
+            "tidemark_published_events_total",
+            &[&format!("pipeline=\"{pipeline}\"")]
+        )
+        .is_some_and(|v| v >= 50.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "tidemark_component_ready",
+            &[&format!("component=\"{pipeline}/sink/replica\"")]
+        ),
+        Some(0.0)
+    );
+    let (code, ready) = http_get(port, "/readyz").await.unwrap_or_default();
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready.contains(&format!("{pipeline}/sink/replica")),
+        "readyz should name the sink: {ready}"
+    );
+    assert_eq!(daemon.terminate().await, 0, "logs:\n{}", daemon.logs());
+    drop(source);
+    cleanup(&pipeline, &[&src]).await;
 }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod common;
+mod config_errors;
 mod e2e;
 mod mysql_sink;
 mod mysql_source;

@@ -96,6 +96,56 @@ fn default_publish_window() -> usize {
     1024
 }
 
+impl NatsConfig {
+    /// The servers of [`url`](NatsConfig::url), parsed as the client parses them when it
+    /// connects. The error names the position of the bad entry, never the URL (it may hold
+    /// a password).
+    pub fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .enumerate()
+            .map(|(i, one)| {
+                if one.is_empty() {
+                    return Err(format!("server {} of the list is empty", i + 1));
+                }
+                one.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    let secrets = url_secrets(one);
+                    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+                    let why = crate::redact::scrub(&e.to_string(), &secrets);
+                    format!("server {} is not a NATS URL: {why}", i + 1)
+                })
+            })
+            .collect()
+    }
+}
+
+/// The password and secret query values of `raw`, to scrub from parser messages.
+pub fn url_secrets(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    // The userinfo part, even when the rest of the URL does not parse.
+    if let Some((_, rest)) = raw.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                out.push(password.to_owned());
+                if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
+                    out.push(decoded.into_owned());
+                }
+            }
+        }
+    }
+    if let Ok(u) = url::Url::parse(raw) {
+        for (k, v) in u.query_pairs() {
+            if matches!(k.as_ref(), "password" | "token" | "sslpassword") {
+                out.push(v.into_owned());
+            }
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
 impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
@@ -372,6 +422,12 @@ impl Config {
         if self.nats.publish_window == 0 {
             return Err(err("nats.publish_window".into(), "must be at least 1"));
         }
+        if let Err(e) = self.nats.server_addrs() {
+            return Err(ValidationError {
+                path: "nats.url".into(),
+                message: e,
+            });
+        }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
             let at = |k: &str| format!("pipelines[{i}].{k}");
@@ -507,6 +563,21 @@ mod tests {
         assert!(glob_match("public.ord*s", "public.orders"));
         assert!(!glob_match("public.orders", "public.orders2"));
         assert!(table_selected(&["shop.*".into()], "shop", "t"));
+    }
+
+    #[test]
+    fn nats_url_lists_are_parsed_without_echoing_passwords() {
+        let mut n = NatsConfig {
+            url: "nats://a:4222, tls://b:4223,c".into(),
+            ..NatsConfig::default()
+        };
+        assert_eq!(n.server_addrs().map(|a| a.len()), Ok(3));
+        n.url = "nats://u:Pw_s3cret@a:4222,nats://u:Pw_s3cret@b:42x".into();
+        let e = n.server_addrs().err().unwrap_or_default();
+        assert!(e.starts_with("server 2 is not a NATS URL"), "{e}");
+        assert!(!e.contains("Pw_s3cret"), "{e}");
+        n.url = "nats://a:4222,".into();
+        assert!(n.server_addrs().is_err());
     }
 
     #[test]

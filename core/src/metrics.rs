@@ -108,6 +108,49 @@ pub fn describe() {
     );
 }
 
+/// Envelope op codes: every op-labelled family is registered with each of them at start-up.
+pub const OPS: [&str; 5] = ["c", "u", "d", "r", "t"];
+
+/// Registers, at zero, every family of a pipeline's source side, so dashboards and alerts
+/// see the series from start-up instead of after the first event (a `rate()` or an
+/// "is it growing" alert needs a first sample). Table-labelled families are registered for
+/// `exact_tables`, the configured table names without a glob; tables matched by a glob get
+/// their series when the source first reads them. Call after installing the recorder.
+pub fn register_source(pipeline: &str, exact_tables: &[String]) {
+    let p = pipeline.to_owned();
+    metrics::counter!(PUBLISHED_EVENTS, L_PIPELINE => p.clone()).increment(0);
+    metrics::gauge!(SOURCE_LAG, L_PIPELINE => p.clone()).increment(0.0);
+    metrics::gauge!(SOURCE_SLOT_LAG, L_PIPELINE => p.clone()).increment(0.0);
+    let _ = metrics::histogram!(PUBLISH_LATENCY, L_PIPELINE => p.clone());
+    for table in exact_tables {
+        for op in OPS {
+            metrics::counter!(SOURCE_EVENTS, L_PIPELINE => p.clone(), L_TABLE => table.clone(), L_OP => op)
+                .increment(0);
+        }
+        metrics::counter!(SNAPSHOT_ROWS, L_PIPELINE => p.clone(), L_TABLE => table.clone())
+            .increment(0);
+        metrics::gauge!(SNAPSHOT_ROWS_ESTIMATED, L_PIPELINE => p.clone(), L_TABLE => table.clone())
+            .increment(0.0);
+    }
+    metrics::counter!(RECONNECTS, L_COMPONENT => "source").increment(0);
+}
+
+/// Registers, at zero, every family of one sink (see [`register_source`]): applied events
+/// for each op, duplicates, dead letters, pending, apply and end-to-end latency.
+pub fn register_sink(pipeline: &str, sink: &str) {
+    let (p, s) = (pipeline.to_owned(), sink.to_owned());
+    for op in OPS {
+        metrics::counter!(SINK_APPLIED, L_PIPELINE => p.clone(), L_SINK => s.clone(), L_OP => op)
+            .increment(0);
+    }
+    metrics::counter!(SINK_DUPLICATES, L_PIPELINE => p.clone(), L_SINK => s.clone()).increment(0);
+    metrics::counter!(SINK_DEAD_LETTERS, L_PIPELINE => p.clone(), L_SINK => s.clone()).increment(0);
+    metrics::gauge!(SINK_PENDING, L_PIPELINE => p.clone(), L_SINK => s.clone()).increment(0.0);
+    let _ = metrics::histogram!(SINK_APPLY_LATENCY, L_PIPELINE => p.clone(), L_SINK => s.clone());
+    let _ = metrics::histogram!(END_TO_END_LATENCY, L_PIPELINE => p, L_SINK => s);
+    metrics::counter!(RECONNECTS, L_COMPONENT => "sink").increment(0);
+}
+
 /// Counts one error of `component`/`kind` (retried or not).
 pub fn error(component: &'static str, kind: &'static str) {
     metrics::counter!(ERRORS, L_COMPONENT => component, L_KIND => kind).increment(1);

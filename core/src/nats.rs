@@ -116,12 +116,15 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client,
         readable("nats.tls_key_file", key)?;
         opts = opts.add_client_certificate(cert.into(), key.into());
     }
-    opts.connect(cfg.url.as_str())
-        .await
-        .map_err(|e| NatsError::Connect {
-            url: crate::redact::url(&cfg.url),
-            message: e.to_string(),
-        })
+    // Split the comma-separated list here: the client parses a single string as one URL.
+    let servers = cfg.server_addrs().map_err(|message| NatsError::Connect {
+        url: crate::redact::url(&cfg.url),
+        message,
+    })?;
+    opts.connect(servers).await.map_err(|e| NatsError::Connect {
+        url: crate::redact::url(&cfg.url),
+        message: e.to_string(),
+    })
 }
 
 /// The JetStream stream configuration of a pipeline.

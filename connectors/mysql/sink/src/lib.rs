@@ -86,6 +86,11 @@ pub async fn status(sink: &SinkConfig, pipeline: &str) -> Result<SinkStatus, Fai
     })
 }
 
+/// Parses a sink URL exactly as [`run`] will, without connecting: `check --offline`.
+pub fn validate_url(url: &str) -> Result<(), MySinkError> {
+    client::options(url).map(drop)
+}
+
 /// Probes for `tidemark check`: reachable and authenticated, the database exists,
 /// `tidemark_offsets` can be created, and the target tables of the source's exact (glob-free)
 /// table names exist.
@@ -107,24 +112,7 @@ pub async fn check(sink: &SinkConfig, pipeline: &PipelineConfig) -> Vec<Probe> {
         }
     };
     probes.push(Probe::ok(what("connect"), target));
-    match writer::read_offset(&mut conn, &db, &pipeline.name, &sink.name, true).await {
-        Ok(o) => probes.push(Probe::ok(
-            what("tidemark_offsets"),
-            match o {
-                Some(o) => format!(
-                    "present; applied up to pos {} (stream seq {})",
-                    o.pos.as_deref().unwrap_or("-"),
-                    o.stream_seq
-                ),
-                None => "present; nothing applied yet".to_owned(),
-            },
-        )),
-        Err(e) => probes.push(Probe::fail(
-            what("tidemark_offsets"),
-            display_chain(&e),
-            format!("GRANT CREATE ON {}.* TO <user>", client::quote_ident(&db)),
-        )),
-    }
+    probes.push(offsets_probe(&mut conn, &db, &pipeline.name, &sink.name, &what).await);
     for glob in &pipeline.source.tables {
         if glob.contains('*') {
             continue;
@@ -160,4 +148,51 @@ pub async fn check(sink: &SinkConfig, pipeline: &PipelineConfig) -> Vec<Probe> {
     }
     let _ = conn.disconnect().await;
     probes
+}
+
+/// The sink's `tidemark_offsets` row when the table exists; otherwise a note that the sink
+/// creates it at start. Only reads.
+async fn offsets_probe(
+    conn: &mut mysql_async::Conn,
+    db: &str,
+    pipeline: &str,
+    sink: &str,
+    what: &impl Fn(&str) -> String,
+) -> Probe {
+    let exists: Result<Option<mysql_async::Row>, _> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (db, OFFSETS_TABLE),
+        )
+        .await;
+    let grant = format!("GRANT CREATE ON {}.* TO <user>", client::quote_ident(db));
+    match exists {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Probe::ok(
+                what(OFFSETS_TABLE),
+                format!("missing; created in database {db} at start (needs CREATE there)"),
+            )
+        }
+        Err(e) => return Probe::fail(what(OFFSETS_TABLE), display_chain(&e), grant),
+    }
+    match writer::read_offset(conn, db, pipeline, sink, false).await {
+        Ok(Some(o)) => Probe::ok(
+            what(OFFSETS_TABLE),
+            format!(
+                "present; applied up to pos {} (stream seq {})",
+                o.pos.as_deref().unwrap_or("-"),
+                o.stream_seq
+            ),
+        ),
+        Ok(None) => Probe::ok(what(OFFSETS_TABLE), "present; nothing applied yet"),
+        Err(e) => Probe::fail(
+            what(OFFSETS_TABLE),
+            display_chain(&e),
+            format!(
+                "GRANT SELECT, INSERT, UPDATE ON {} TO <user>",
+                client::qualified(db, OFFSETS_TABLE)
+            ),
+        ),
+    }
 }

@@ -43,6 +43,11 @@ pub use checkpoint::MysqlCheckpoint;
 pub use error::SourceError;
 pub use status::status;
 
+/// Parses a source URL exactly as the source will, without connecting: `check --offline`.
+pub fn validate_url(url: &str) -> Result<(), SourceError> {
+    client::ConnSpec::parse(url).map(drop)
+}
+
 use checkpoint::Persister;
 use runtime::{Runtime, Settings};
 use tidemark_core::config::SnapshotMode;

@@ -33,8 +33,18 @@ impl Drop for Connection {
     }
 }
 
-/// Connects to `url` with TLS per its `sslmode`.
-pub(crate) async fn connect(url: &str, app: &str) -> Result<Connection, PgSinkError> {
+/// What the sink URL says, parsed without any I/O.
+pub(crate) struct Target {
+    /// Driver configuration (TLS mode set, no session options yet).
+    config: Config,
+    /// How much of the server certificate to check.
+    verify: Verify,
+    /// `sslrootcert`, when given.
+    rootcert: Option<String>,
+}
+
+/// Parses the sink URL as [`connect`] does; `check --offline` and `run` share it.
+pub(crate) fn parse(url: &str) -> Result<Target, PgSinkError> {
     let shown = redact::url(url);
     let bad = |message: String| PgSinkError::Url {
         url: shown.clone(),
@@ -56,16 +66,6 @@ pub(crate) async fn connect(url: &str, app: &str) -> Result<Connection, PgSinkEr
         parsed.query_pairs_mut().extend_pairs(keep);
     }
     let mut config = Config::from_str(parsed.as_str()).map_err(|e| bad(e.to_string()))?;
-    let options = match config.get_options() {
-        Some(o) if !o.is_empty() => format!("{o} {SESSION_OPTIONS}"),
-        _ => SESSION_OPTIONS.to_owned(),
-    };
-    config
-        .options(options)
-        .application_name(app)
-        .connect_timeout(Duration::from_secs(10))
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30));
     let (mode, verify) = match sslmode.as_str() {
         "disable" => (SslMode::Disable, Verify::None),
         "allow" | "prefer" => (SslMode::Prefer, Verify::None),
@@ -78,6 +78,32 @@ pub(crate) async fn connect(url: &str, app: &str) -> Result<Connection, PgSinkEr
         }
     };
     config.ssl_mode(mode);
+    Ok(Target {
+        config,
+        verify,
+        rootcert,
+    })
+}
+
+/// Connects to `url` with TLS per its `sslmode`.
+pub(crate) async fn connect(url: &str, app: &str) -> Result<Connection, PgSinkError> {
+    let shown = redact::url(url);
+    let Target {
+        mut config,
+        verify,
+        rootcert,
+    } = parse(url)?;
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {SESSION_OPTIONS}"),
+        _ => SESSION_OPTIONS.to_owned(),
+    };
+    config
+        .options(options)
+        .application_name(app)
+        .connect_timeout(Duration::from_secs(10))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    let mode = config.get_ssl_mode();
     let (client, task) = if mode == SslMode::Disable {
         let (client, conn) = config
             .connect(tokio_postgres::NoTls)

@@ -31,6 +31,11 @@ pub async fn run(ctx: SinkContext) -> Result<(), Failure> {
     tidemark_core::sink::run::<PostgresSink>(ctx).await
 }
 
+/// Parses a sink URL exactly as [`run`] will, without connecting: `check --offline`.
+pub fn validate_url(url: &str) -> Result<(), PgSinkError> {
+    client::parse(url).map(drop)
+}
+
 fn offsets_schema(sink: &SinkConfig) -> String {
     sink.schema.clone().unwrap_or_else(|| "public".to_owned())
 }
@@ -82,8 +87,9 @@ pub async fn status(sink: &SinkConfig, pipeline: &str) -> Result<SinkStatus, Fai
     })
 }
 
-/// Probes for `tidemark check`: reachable and authenticated, `tidemark_offsets` can be
-/// created, and the target tables of the source's exact (glob-free) table names exist.
+/// Probes for `tidemark check`: reachable and authenticated, `tidemark_offsets` exists or can
+/// be created, and the target tables of the source's exact (glob-free) table names exist.
+/// Read-only: nothing is created or written.
 pub async fn check(sink: &SinkConfig, pipeline: &PipelineConfig) -> Vec<Probe> {
     let what = |s: &str| format!("sink {}/{} (postgres): {s}", pipeline.name, sink.name);
     let target = tidemark_core::redact::url(&sink.url);
@@ -101,28 +107,16 @@ pub async fn check(sink: &SinkConfig, pipeline: &PipelineConfig) -> Vec<Probe> {
         }
     };
     probes.push(Probe::ok(what("connect"), target));
-    let schema = offsets_schema(sink);
-    match writer::read_offset(&conn.client, &schema, &pipeline.name, &sink.name, true).await {
-        Ok(o) => probes.push(Probe::ok(
-            what("tidemark_offsets"),
-            match o {
-                Some(o) => format!(
-                    "present; applied up to pos {} (stream seq {})",
-                    o.pos.as_deref().unwrap_or("-"),
-                    o.stream_seq
-                ),
-                None => "present; nothing applied yet".to_owned(),
-            },
-        )),
-        Err(e) => probes.push(Probe::fail(
-            what("tidemark_offsets"),
-            tidemark_core::error::display_chain(&e),
-            format!(
-                "grant the sink's user CREATE on schema {schema} (GRANT CREATE ON SCHEMA {} TO <user>)",
-                client::quote_ident(&schema)
-            ),
-        )),
-    }
+    probes.push(
+        offsets_probe(
+            &conn,
+            &offsets_schema(sink),
+            &pipeline.name,
+            &sink.name,
+            &what,
+        )
+        .await,
+    );
     for glob in &pipeline.source.tables {
         if glob.contains('*') {
             continue;
@@ -158,4 +152,73 @@ pub async fn check(sink: &SinkConfig, pipeline: &PipelineConfig) -> Vec<Probe> {
         }
     }
     probes
+}
+
+/// The sink's `tidemark_offsets` row when the table exists; otherwise whether the user may
+/// create it (the sink does that at start). Only reads.
+async fn offsets_probe(
+    conn: &client::Connection,
+    schema: &str,
+    pipeline: &str,
+    sink: &str,
+    what: &impl Fn(&str) -> String,
+) -> Probe {
+    let table = client::qualified(schema, OFFSETS_TABLE);
+    let facts = conn
+        .client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL,
+                    COALESCE(has_schema_privilege(n.oid, 'CREATE'),
+                             has_database_privilege(current_database(), 'CREATE'))
+               FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = $2",
+            &[&table, &schema],
+        )
+        .await;
+    let grant = format!(
+        "grant the sink's user CREATE on schema {schema} (GRANT CREATE ON SCHEMA {} TO <user>)",
+        client::quote_ident(schema)
+    );
+    let (exists, can_create) = match facts {
+        Ok(row) => (
+            row.try_get::<_, bool>(0).unwrap_or(false),
+            row.try_get::<_, bool>(1).unwrap_or(false),
+        ),
+        Err(e) => {
+            return Probe::fail(
+                what(OFFSETS_TABLE),
+                tidemark_core::error::display_chain(&e),
+                grant,
+            )
+        }
+    };
+    if !exists {
+        return if can_create {
+            Probe::ok(
+                what(OFFSETS_TABLE),
+                format!("missing; created in schema {schema} at start"),
+            )
+        } else {
+            Probe::fail(
+                what(OFFSETS_TABLE),
+                format!("missing, and the sink's user may not create it in schema {schema}"),
+                grant,
+            )
+        };
+    }
+    match writer::read_offset(&conn.client, schema, pipeline, sink, false).await {
+        Ok(Some(o)) => Probe::ok(
+            what(OFFSETS_TABLE),
+            format!(
+                "present; applied up to pos {} (stream seq {})",
+                o.pos.as_deref().unwrap_or("-"),
+                o.stream_seq
+            ),
+        ),
+        Ok(None) => Probe::ok(what(OFFSETS_TABLE), "present; nothing applied yet"),
+        Err(e) => Probe::fail(
+            what(OFFSETS_TABLE),
+            tidemark_core::error::display_chain(&e),
+            format!("grant the sink's user SELECT, INSERT, UPDATE on {table}"),
+        ),
+    }
 }
