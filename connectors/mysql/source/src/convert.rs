@@ -24,16 +24,22 @@
 //! | FLOAT / DOUBLE | float64 | shortest round-trip form of the f32 / f64 |
 //! | BIT(n) | bits | string of n `0`/`1` |
 //! | YEAR | int64 | 0 or 1901..2155 |
-//! | DATE | date | `"2024-02-29"`, zero dates → null |
+//! | DATE | date | `"2024-02-29"`, zero dates → null (counted, see below) |
 //! | DATETIME(fsp) | timestamp | `"2024-02-29T13:45:00.123"` with fsp digits |
 //! | TIMESTAMP(fsp) | timestamptz | UTC, `"…Z"` |
-//! | TIME(fsp) | time | `"-838:59:59.000000"` |
+//! | TIME(fsp) | time | `"-838:59:59.000000"`: `-838:59:59` … `838:59:59`, fsp digits |
 //! | CHAR/VARCHAR/TEXT | string | transcoded; CHAR without trailing spaces (as SELECT) |
 //! | BINARY(n)/VARBINARY/BLOB | bytes | BINARY(n) re-padded with 0x00 to n bytes |
 //! | ENUM | string | member name, `""` for the invalid index 0 |
 //! | SET | set | array of member names |
 //! | JSON (MySQL) / LONGTEXT with `json_valid` (MariaDB) | json | the document |
 //! | GEOMETRY | bytes | WKB with SRID prefix |
+//!
+//! Zero dates (`0000-00-00`) and dates with a zero month or day (`2024-00-15`, also in
+//! DATETIME) have no calendar value: they are emitted as `null` — a [`Substitution`] — and
+//! the plan counts each one (`tidemark_source_values_substituted_total`) and warns once per
+//! column and kind per process, so nothing turns into NULL silently. The decoders return
+//! [`Checked`] so that the substitution is told apart from a real NULL.
 
 use crate::binlog::{col, Ctx, DecodeError, Flavour, MapColumn, TableMap};
 use crate::bytes::{bit, Cursor};
