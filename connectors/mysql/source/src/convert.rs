@@ -353,7 +353,7 @@ impl Plan {
                 table = %table,
                 column = %column,
                 source_type = %source_type,
-                substitution = what.label(),
+                substitution = %what.label(),
                 "{}; emitted as null (counted in {}, logged once per column)",
                 what.describe(),
                 m::SOURCE_VALUES_SUBSTITUTED
