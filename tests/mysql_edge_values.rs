@@ -90,7 +90,12 @@ fn norm_row(row: Vec<Option<String>>) -> Vec<Option<String>> {
 }
 
 fn want(id: i64) -> Vec<Option<String>> {
-    norm_row(expected(id).into_iter().map(|v| v.map(str::to_owned)).collect())
+    norm_row(
+        expected(id)
+            .into_iter()
+            .map(|v| v.map(str::to_owned))
+            .collect(),
+    )
 }
 
 const PG_SELECT: &str = "SELECT id, t0::text, t1::text, t3::text, t6::text, d::text, dn::text, \
@@ -153,8 +158,7 @@ async fn scrape(port: u16) -> String {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return String::new();
     };
-    if s
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .is_err()
     {
@@ -220,7 +224,9 @@ async fn mariadb_time_range_and_zero_dates_reach_postgres_and_mariadb_exactly() 
 
     // Snapshot rows 1, 2 (permissive sql_mode: MariaDB accepts zero dates then).
     let mut c = mysql_conn(&src).await;
-    c.query_drop("SET SESSION sql_mode = ''").await.expect("sql_mode");
+    c.query_drop("SET SESSION sql_mode = ''")
+        .await
+        .expect("sql_mode");
     c.query_drop(TABLE_DDL).await.expect("ddl");
     for (i, r) in ROWS.iter().enumerate() {
         c.query_drop(format!("INSERT INTO edge VALUES ({}, {r})", i + 1))

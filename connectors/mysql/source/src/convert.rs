@@ -415,7 +415,12 @@ fn first_report(pipeline: &str, table: &str, column: &str, what: Substitution) -
     static SEEN: OnceLock<Seen> = OnceLock::new();
     let seen = SEEN.get_or_init(|| Mutex::new(HashSet::new()));
     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    seen.insert((pipeline.to_owned(), table.to_owned(), column.to_owned(), what))
+    seen.insert((
+        pipeline.to_owned(),
+        table.to_owned(),
+        column.to_owned(),
+        what,
+    ))
 }
 
 fn int_width(ty: u8) -> Option<u8> {
@@ -1487,14 +1492,14 @@ fn from_snapshot_checked(kind: &Kind, v: mysql_async::Value) -> Checked {
         }
         (Kind::Datetime { fsp, .. }, V::Date(y, mo, d, h, mi, s, us)) => {
             return datetime_value(
-            u32::from(y),
-            u32::from(mo),
-            u32::from(d),
-            u32::from(h),
-            u32::from(mi),
-            u32::from(s),
-            us,
-            *fsp,
+                u32::from(y),
+                u32::from(mo),
+                u32::from(d),
+                u32::from(h),
+                u32::from(mi),
+                u32::from(s),
+                us,
+                *fsp,
             )
         }
         (Kind::Timestamp { fsp, .. }, V::Date(y, mo, d, h, mi, s, us)) => {
@@ -1741,7 +1746,10 @@ mod tests {
         assert_eq!(t(0, time2_bytes(true, 838, 59, 59, 0, 0)), "\"-838:59:59\"");
         assert_eq!(t(0, time2_bytes(false, 838, 59, 59, 0, 0)), "\"838:59:59\"");
         assert_eq!(t(0, time2_bytes(true, 0, 0, 1, 0, 0)), "\"-00:00:01\"");
-        assert_eq!(t(1, time2_bytes(false, 100, 0, 0, 500_000, 1)), "\"100:00:00.5\"");
+        assert_eq!(
+            t(1, time2_bytes(false, 100, 0, 0, 500_000, 1)),
+            "\"100:00:00.5\""
+        );
         let cases: [(bool, i64, i64, i64, i64, &str); 4] = [
             (true, 0, 0, 1, 250_000, "-00:00:01.250000"),
             (true, 838, 59, 58, 990_000, "-838:59:58.990000"),
@@ -1759,7 +1767,10 @@ mod tests {
             }
         }
         // The real MariaDB bytes of -00:00:01.25 TIME(2) agree with the encoder.
-        assert_eq!(time2_bytes(true, 0, 0, 1, 250_000, 2), [0x7f, 0xff, 0xfe, 0xe7]);
+        assert_eq!(
+            time2_bytes(true, 0, 0, 1, 250_000, 2),
+            [0x7f, 0xff, 0xfe, 0xe7]
+        );
         // Old TIME format: -838:59:59 is -8385959 in 3 bytes.
         let raw = (-8_385_959i32).to_le_bytes();
         assert_eq!(
@@ -1872,8 +1883,18 @@ mod tests {
         image.extend_from_slice(&zero_in[..3]);
         let row = plan.decode_row(&[0x03], &mut Cursor::new(&image)).unwrap();
         assert_eq!(row, vec![Some(Value::Null), Some(Value::Null)]);
-        assert!(!first_report("p_once", "db.t", "a", Substitution::ZeroInDate));
-        assert!(!first_report("p_once", "db.t", "b", Substitution::ZeroInDate));
+        assert!(!first_report(
+            "p_once",
+            "db.t",
+            "a",
+            Substitution::ZeroInDate
+        ));
+        assert!(!first_report(
+            "p_once",
+            "db.t",
+            "b",
+            Substitution::ZeroInDate
+        ));
         assert!(first_report("p_once", "db.t", "a", Substitution::ZeroDate));
         let row = plan.snapshot_row(vec![
             Some(mysql_async::Value::Date(2024, 2, 0, 0, 0, 0, 0)),

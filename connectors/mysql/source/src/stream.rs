@@ -799,19 +799,23 @@ impl<'r> Streamer<'r> {
         while !c.is_empty() {
             let (op, before, after) = match kind {
                 RowsKind::Write => {
-                    let after = plan.decode_row(rows.present, &mut c)
+                    let after = plan
+                        .decode_row(rows.present, &mut c)
                         .map_err(|e| self.decode_err(e))?;
                     (Op::Create, None, Some(after))
                 }
                 RowsKind::Delete => {
-                    let before = plan.decode_row(rows.present, &mut c)
+                    let before = plan
+                        .decode_row(rows.present, &mut c)
                         .map_err(|e| self.decode_err(e))?;
                     (Op::Delete, Some(before), None)
                 }
                 RowsKind::Update => {
-                    let before = plan.decode_row(rows.present, &mut c)
+                    let before = plan
+                        .decode_row(rows.present, &mut c)
                         .map_err(|e| self.decode_err(e))?;
-                    let after = plan.decode_row(rows.present_after, &mut c)
+                    let after = plan
+                        .decode_row(rows.present_after, &mut c)
                         .map_err(|e| self.decode_err(e))?;
                     (Op::Update, Some(before), Some(after))
                 }
