@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod config_errors;
 mod e2e;
+mod mysql_edge_values;
 mod mysql_sink;
 mod mysql_source;
 mod nats_compat;

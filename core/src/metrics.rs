@@ -1,7 +1,8 @@
 //! Every metric name and label key, described once.
 //!
 //! The names are a contract with dashboards and alerts (DESIGN "Metrics").
-//! Labels stay low-cardinality: pipeline, sink, table, op, kind, component.
+//! Labels stay low-cardinality: pipeline, sink, table, op, kind, component (and column on the
+//! one family that needs it, bounded by the schema).
 
 /// Row changes read from the source (`pipeline`, `table`, `op`).
 pub const SOURCE_EVENTS: &str = "tidemark_source_events_total";
@@ -36,6 +37,10 @@ pub const BUILD_INFO: &str = "tidemark_build_info";
 /// Events sent to a sink's dead-letter subject (`pipeline`, `sink`).
 pub const SINK_DEAD_LETTERS: &str = "tidemark_sink_dead_letters_total";
 
+/// Non-NULL source values emitted as something else because they have no canonical form, such
+/// as MySQL zero dates emitted as `null` (`pipeline`, `table`, `column`, `kind`).
+pub const SOURCE_VALUES_SUBSTITUTED: &str = "tidemark_source_values_substituted_total";
+
 /// 1 while a component (`<pipeline>/source`, `<pipeline>/sink/<name>`) is ready, else 0.
 pub const COMPONENT_READY: &str = "tidemark_component_ready";
 
@@ -49,6 +54,9 @@ pub const L_TABLE: &str = "table";
 pub const L_OP: &str = "op";
 /// Label key: error kind.
 pub const L_KIND: &str = "kind";
+/// Label key: column name (only on [`SOURCE_VALUES_SUBSTITUTED`]: bounded by the schema, and a
+/// series exists only for a column that actually had a substitution).
+pub const L_COLUMN: &str = "column";
 /// Label key: component (`source`, `publisher`, `sink`, `nats`).
 pub const L_COMPONENT: &str = "component";
 
@@ -101,6 +109,10 @@ pub fn describe() {
     describe_counter!(
         SINK_DEAD_LETTERS,
         "Events sent to a sink's dead-letter subject."
+    );
+    describe_counter!(
+        SOURCE_VALUES_SUBSTITUTED,
+        "Source values without a canonical form (MySQL zero dates), emitted as null."
     );
     describe_gauge!(
         COMPONENT_READY,

@@ -190,7 +190,7 @@ impl MysqlSink {
         tracing::info!(sink = %self.sink, table = %q, "creating missing target table");
         // DDL commits implicitly: run it on its own connection.
         let (mut ddl_conn, _) = client::connect(&self.url).await?;
-        let ddl = create_table_sql(&q, &env.schema.columns);
+        let ddl = create_table_sql(&q, &env.source.connector, &env.schema.columns);
         let res = ddl_conn.query_drop(&ddl).await;
         let _ = ddl_conn.disconnect().await;
         res.map_err(|source| MySinkError::Sql {
@@ -669,11 +669,22 @@ fn native_type(c: &Column) -> &'static str {
     }
 }
 
-fn create_table_sql(qualified_name: &str, columns: &[Column]) -> String {
+/// Whether a NOT NULL source column may still carry `null`: a MySQL zero date (`0000-00-00`,
+/// `2024-00-15`) has no canonical value and arrives as `null` even from a NOT NULL column.
+fn may_be_substituted(c: &Column, connector: &str) -> bool {
+    connector == "mysql"
+        && matches!(
+            c.ty,
+            CanonicalType::Date | CanonicalType::Timestamp | CanonicalType::Timestamptz
+        )
+}
+
+fn create_table_sql(qualified_name: &str, connector: &str, columns: &[Column]) -> String {
     let mut defs: Vec<String> = columns
         .iter()
         .map(|c| {
-            let null = if !c.nullable || c.pk { " NOT NULL" } else { "" };
+            let not_null = c.pk || (!c.nullable && !may_be_substituted(c, connector));
+            let null = if not_null { " NOT NULL" } else { "" };
             format!("{} {}{null}", quote_ident(&c.name), native_type(c))
         })
         .collect();

@@ -15,7 +15,7 @@
 //!              ▼
 //!           EventKind::{Gtid, Query, TableMap, Rows, Xid, Rotate, …}  (this module)
 //!              ▼
-//!           convert::decode_row against the table's column plan
+//!           Plan::decode_row against the table's column plan
 //! ```
 
 use crate::bytes::{Cursor, Short};

@@ -10,7 +10,7 @@
 //! as 1900.
 //!
 //! The snapshot reads rows through the binary protocol and converts them with
-//! [`from_snapshot`] against a plan built from `information_schema`; both paths
+//! [`Plan::snapshot_row`] against a plan built from `information_schema`; both paths
 //! produce the same canonical forms and the same schema block for the same
 //! table, so a snapshot row and a streamed insert of the same data render
 //! identically (the binary protocol, not text, because MariaDB prints FLOAT
@@ -24,16 +24,22 @@
 //! | FLOAT / DOUBLE | float64 | shortest round-trip form of the f32 / f64 |
 //! | BIT(n) | bits | string of n `0`/`1` |
 //! | YEAR | int64 | 0 or 1901..2155 |
-//! | DATE | date | `"2024-02-29"`, zero dates → null |
+//! | DATE | date | `"2024-02-29"`, zero dates → null (counted, see below) |
 //! | DATETIME(fsp) | timestamp | `"2024-02-29T13:45:00.123"` with fsp digits |
 //! | TIMESTAMP(fsp) | timestamptz | UTC, `"…Z"` |
-//! | TIME(fsp) | time | `"-838:59:59.000000"` |
+//! | TIME(fsp) | time | `"-838:59:59.000000"`: `-838:59:59` … `838:59:59`, fsp digits |
 //! | CHAR/VARCHAR/TEXT | string | transcoded; CHAR without trailing spaces (as SELECT) |
 //! | BINARY(n)/VARBINARY/BLOB | bytes | BINARY(n) re-padded with 0x00 to n bytes |
 //! | ENUM | string | member name, `""` for the invalid index 0 |
 //! | SET | set | array of member names |
 //! | JSON (MySQL) / LONGTEXT with `json_valid` (MariaDB) | json | the document |
 //! | GEOMETRY | bytes | WKB with SRID prefix |
+//!
+//! Zero dates (`0000-00-00`) and dates with a zero month or day (`2024-00-15`, also in
+//! DATETIME) have no calendar value: they are emitted as `null` — a [`Substitution`] — and
+//! the plan counts each one (`tidemark_source_values_substituted_total`) and warns once per
+//! column and kind per process, so nothing turns into NULL silently. The decoders return
+//! [`Checked`] so that the substitution is told apart from a real NULL.
 
 use crate::binlog::{col, Ctx, DecodeError, Flavour, MapColumn, TableMap};
 use crate::bytes::{bit, Cursor};
@@ -275,6 +281,8 @@ pub struct Plan {
     pub kinds: Vec<Kind>,
     /// `tidemark_source_events_total` handles per op (c, u, d, r, t).
     counters: [metrics::Counter; 5],
+    /// Pipeline name, for substitution reports.
+    pipeline: String,
 }
 
 impl Plan {
@@ -297,6 +305,59 @@ impl Plan {
             ],
             meta,
             kinds,
+            pipeline: naming.pipeline.clone(),
+        }
+    }
+
+    /// Decodes one row image (a null bitmap over the present columns, then their values), counting and reporting every value that had
+    /// to be substituted.
+    pub fn decode_row(&self, present: &[u8], c: &mut Cursor<'_>) -> Result<Row, DecodeError> {
+        decode_row_with(&self.kinds, present, c, |i, what| self.substituted(i, what))
+    }
+
+    /// Converts one snapshot row (binary protocol values in column order, see
+    /// the same forms as the binlog path), counting and reporting every value that had to be substituted.
+    pub fn snapshot_row(&self, raw: Vec<Option<mysql_async::Value>>) -> Row {
+        raw.into_iter()
+            .zip(&self.kinds)
+            .enumerate()
+            .map(|(i, (v, k))| {
+                let v = v.unwrap_or(mysql_async::Value::NULL);
+                Some(from_snapshot_checked(k, v).unwrap_or_else(|what| {
+                    self.substituted(i, what);
+                    Value::Null
+                }))
+            })
+            .collect()
+    }
+
+    /// Column `i` held a value without a canonical form: count it, and warn the first time
+    /// this process sees it for this column.
+    fn substituted(&self, i: usize, what: Substitution) {
+        let table = self.meta.qualified_name();
+        let (column, source_type) = self
+            .meta
+            .columns
+            .get(i)
+            .map(|c| (c.name.as_str(), c.source_type.as_str()))
+            .unwrap_or(("", ""));
+        metrics::counter!(m::SOURCE_VALUES_SUBSTITUTED,
+            m::L_PIPELINE => self.pipeline.clone(),
+            m::L_TABLE => table.clone(),
+            m::L_COLUMN => column.to_owned(),
+            m::L_KIND => what.label())
+        .increment(1);
+        if first_report(&self.pipeline, &table, column, what) {
+            tracing::warn!(
+                pipeline = %self.pipeline,
+                table = %table,
+                column = %column,
+                source_type = %source_type,
+                substitution = %what.label(),
+                "{}; emitted as null (counted in {}, logged once per column)",
+                what.describe(),
+                m::SOURCE_VALUES_SUBSTITUTED
+            );
         }
     }
 
@@ -311,6 +372,55 @@ impl Plan {
         };
         self.counters[i].increment(1);
     }
+}
+
+/// Why a non-NULL source value was emitted as `null`: it has no canonical form.
+///
+/// MySQL accepts these when `sql_mode` lacks `NO_ZERO_DATE` / `NO_ZERO_IN_DATE` (MariaDB's
+/// default) or has `ALLOW_INVALID_DATES`; no target date type can hold them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Substitution {
+    /// The date part is `0000-00-00` (DATE, DATETIME, TIMESTAMP).
+    ZeroDate,
+    /// Month or day is zero in an otherwise non-zero date: `2024-00-15`, `2024-02-00`,
+    /// `2024-00-00 10:00:00` (MySQL's "zero in date").
+    ZeroInDate,
+}
+
+impl Substitution {
+    /// The `kind` label value and the log field.
+    pub fn label(self) -> &'static str {
+        match self {
+            Substitution::ZeroDate => "zero_date",
+            Substitution::ZeroInDate => "zero_in_date",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Substitution::ZeroDate => "a zero date (0000-00-00) has no calendar value",
+            Substitution::ZeroInDate => {
+                "a date with a zero month or day (e.g. 2024-00-15) has no calendar value"
+            }
+        }
+    }
+}
+
+/// Whether this is the first report of `what` for this column in this process (then it is
+/// logged). Rare path: only substituted values get here.
+fn first_report(pipeline: &str, table: &str, column: &str, what: Substitution) -> bool {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    type Seen = Mutex<HashSet<(String, String, String, Substitution)>>;
+    static SEEN: OnceLock<Seen> = OnceLock::new();
+    let seen = SEEN.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    seen.insert((
+        pipeline.to_owned(),
+        table.to_owned(),
+        column.to_owned(),
+        what,
+    ))
 }
 
 fn int_width(ty: u8) -> Option<u8> {
@@ -809,8 +919,15 @@ pub fn plan_from_info(
 
 const EV: &str = "row image";
 
-/// Decodes one row image: a null bitmap over the present columns, then their values.
-pub fn decode_row(kinds: &[Kind], present: &[u8], c: &mut Cursor<'_>) -> Result<Row, DecodeError> {
+/// Decodes one row image: a null bitmap over the present columns, then their values. A value
+/// without a canonical form becomes `null` and is passed to `substituted` with its column
+/// index.
+fn decode_row_with(
+    kinds: &[Kind],
+    present: &[u8],
+    c: &mut Cursor<'_>,
+    mut substituted: impl FnMut(usize, Substitution),
+) -> Result<Row, DecodeError> {
     let npresent = (0..kinds.len()).filter(|&i| bit(present, i)).count();
     let nulls = c.take(npresent.div_ceil(8), "null bitmap").ctx(EV)?;
     let mut row = Vec::with_capacity(kinds.len());
@@ -825,7 +942,10 @@ pub fn decode_row(kinds: &[Kind], present: &[u8], c: &mut Cursor<'_>) -> Result<
         if null {
             row.push(Some(Value::Null));
         } else {
-            row.push(Some(decode_value(kind, c)?));
+            row.push(Some(decode_checked(kind, c)?.unwrap_or_else(|what| {
+                substituted(i, what);
+                Value::Null
+            })));
         }
     }
     Ok(row)
@@ -854,9 +974,19 @@ fn text_or_bytes(charset: Charset, bytes: &[u8]) -> Value {
     }
 }
 
-/// Decodes one non-NULL value.
-pub fn decode_value(kind: &Kind, c: &mut Cursor<'_>) -> Result<Value, DecodeError> {
-    Ok(match kind {
+/// A canonical value, or why the source value has none (it is then emitted as `null`).
+pub type Checked = Result<Value, Substitution>;
+
+/// Decodes one non-NULL value; a value without a canonical form becomes `null` (use
+/// [`Plan::decode_row`] to have it counted and reported).
+#[cfg(test)]
+fn decode_value(kind: &Kind, c: &mut Cursor<'_>) -> Result<Value, DecodeError> {
+    Ok(decode_checked(kind, c)?.unwrap_or(Value::Null))
+}
+
+/// Decodes one non-NULL value, telling substitutions apart.
+fn decode_checked(kind: &Kind, c: &mut Cursor<'_>) -> Result<Checked, DecodeError> {
+    Ok(Ok(match kind {
         Kind::Int {
             width,
             unsigned,
@@ -900,7 +1030,7 @@ pub fn decode_value(kind: &Kind, c: &mut Cursor<'_>) -> Result<Value, DecodeErro
         Kind::Date => {
             let v = c.uint_le(3, "date").ctx(EV)?;
             let (y, m, d) = ((v >> 9) as u32, ((v >> 5) & 15) as u32, (v & 31) as u32);
-            date_value(y, m, d)
+            return Ok(date_value(y, m, d));
         }
         Kind::Time { fsp, v2: true } => {
             let (neg, h, mi, s, us) = time2(c, *fsp)?;
@@ -934,12 +1064,12 @@ pub fn decode_value(kind: &Kind, c: &mut Cursor<'_>) -> Result<Value, DecodeErro
                 ((hms >> 6) & 63) as u32,
                 (hms & 63) as u32,
             );
-            datetime_value(y, mo, d, h, mi, s, us as u32, *fsp)
+            return Ok(datetime_value(y, mo, d, h, mi, s, us as u32, *fsp));
         }
         Kind::Datetime { v2: false, .. } => {
             let v = c.u64("datetime").ctx(EV)?;
             let (date, time) = (v / 1_000_000, v % 1_000_000);
-            datetime_value(
+            return Ok(datetime_value(
                 (date / 10_000) as u32,
                 ((date / 100) % 100) as u32,
                 (date % 100) as u32,
@@ -948,7 +1078,7 @@ pub fn decode_value(kind: &Kind, c: &mut Cursor<'_>) -> Result<Value, DecodeErro
                 (time % 100) as u32,
                 0,
                 0,
-            )
+            ));
         }
         Kind::Timestamp { fsp, v2 } => {
             let secs = if *v2 {
@@ -957,7 +1087,7 @@ pub fn decode_value(kind: &Kind, c: &mut Cursor<'_>) -> Result<Value, DecodeErro
                 c.uint_le(4, "timestamp").ctx(EV)?
             };
             let us = if *v2 { frac_be(c, *fsp, true)? } else { 0 };
-            timestamp_value(secs as i64, us as u32, *fsp)
+            return Ok(timestamp_value(secs as i64, us as u32, *fsp));
         }
         Kind::Str {
             len_bytes,
@@ -1005,7 +1135,7 @@ pub fn decode_value(kind: &Kind, c: &mut Cursor<'_>) -> Result<Value, DecodeErro
                 "column type has no binlog decoder",
             ));
         }
-    })
+    }))
 }
 
 fn enum_name(names: &[String], i: u64) -> Result<String, DecodeError> {
@@ -1080,7 +1210,9 @@ fn time2(c: &mut Cursor<'_>, fsp: u8) -> Result<(bool, u32, u32, u32, u32), Deco
         }
         2 => {
             let mut i = int;
-            let mut f = sign_extend(c.uint_be(2, "time fraction").ctx(EV)?, 2);
+            // Read unsigned, as MySQL's mi_uint2korr: a sign-extended read turned every negative
+            // TIME(3)/TIME(4) with a fraction into garbage (-00:00:01.250 → -00:00:01.999).
+            let mut f = c.uint_be(2, "time fraction").ctx(EV)? as i64;
             if i < 0 && f != 0 {
                 i += 1;
                 f -= 0x10000;
@@ -1227,20 +1359,25 @@ fn fmt_date(y: u32, m: u32, d: u32) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-fn date_value(y: u32, m: u32, d: u32) -> Value {
-    if m == 0 || d == 0 {
-        // '0000-00-00' and partial zero dates are not calendar dates.
-        Value::Null
+/// `0000-00-00` and dates with a zero month or day are not calendar dates.
+fn zero_date(y: u32, m: u32, d: u32) -> Result<(), Substitution> {
+    if y == 0 && m == 0 && d == 0 {
+        Err(Substitution::ZeroDate)
+    } else if m == 0 || d == 0 {
+        Err(Substitution::ZeroInDate)
     } else {
-        Value::Text(fmt_date(y, m, d))
+        Ok(())
     }
 }
 
+fn date_value(y: u32, m: u32, d: u32) -> Checked {
+    zero_date(y, m, d)?;
+    Ok(Value::Text(fmt_date(y, m, d)))
+}
+
 #[allow(clippy::too_many_arguments)]
-fn datetime_value(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32, us: u32, fsp: u8) -> Value {
-    if mo == 0 || d == 0 {
-        return Value::Null;
-    }
+fn datetime_value(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32, us: u32, fsp: u8) -> Checked {
+    zero_date(y, mo, d)?;
     let mut out = fmt_date(y, mo, d);
     out.push('T');
     push2(&mut out, h);
@@ -1249,7 +1386,7 @@ fn datetime_value(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32, us: u32, fsp
     out.push(':');
     push2(&mut out, s);
     push_frac(&mut out, us, fsp);
-    Value::Text(out)
+    Ok(Value::Text(out))
 }
 
 fn fmt_time(neg: bool, h: u32, mi: u32, s: u32, us: u32, fsp: u8) -> String {
@@ -1280,14 +1417,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn timestamp_value(secs: i64, us: u32, fsp: u8) -> Value {
+fn timestamp_value(secs: i64, us: u32, fsp: u8) -> Checked {
     if secs == 0 && us == 0 {
         // TIMESTAMP '0000-00-00 00:00:00'.
-        return Value::Null;
+        return Err(Substitution::ZeroDate);
     }
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let tod = secs.rem_euclid(86_400);
-    match datetime_value(
+    with_z(datetime_value(
         y.clamp(0, 9999) as u32,
         mo,
         d,
@@ -1296,23 +1433,35 @@ fn timestamp_value(secs: i64, us: u32, fsp: u8) -> Value {
         (tod % 60) as u32,
         us,
         fsp,
-    ) {
+    ))
+}
+
+/// Appends the UTC marker of a `timestamptz`.
+fn with_z(v: Checked) -> Checked {
+    v.map(|v| match v {
         Value::Text(mut s) => {
             s.push('Z');
             Value::Text(s)
         }
         v => v,
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Snapshot values (binary protocol).
 
 /// Converts one value read by the snapshot (binary protocol, session time zone UTC) into the
-/// same canonical form the binlog decoder produces.
-pub fn from_snapshot(kind: &Kind, v: mysql_async::Value) -> Value {
+/// same canonical form the binlog decoder produces; a value without a canonical form becomes
+/// `null` (use [`Plan::snapshot_row`] to have it counted and reported).
+#[cfg(test)]
+fn from_snapshot(kind: &Kind, v: mysql_async::Value) -> Value {
+    from_snapshot_checked(kind, v).unwrap_or(Value::Null)
+}
+
+/// A snapshot value in canonical form, telling substitutions apart.
+fn from_snapshot_checked(kind: &Kind, v: mysql_async::Value) -> Checked {
     use mysql_async::Value as V;
-    match (kind, v) {
+    Ok(match (kind, v) {
         (_, V::NULL) => Value::Null,
         (Kind::Int { as_bool: true, .. }, V::Int(i)) => Value::Bool(i != 0),
         (Kind::Int { as_bool: true, .. }, V::UInt(u)) => Value::Bool(u != 0),
@@ -1338,19 +1487,11 @@ pub fn from_snapshot(kind: &Kind, v: mysql_async::Value) -> Value {
         (Kind::Float, V::Double(f)) => Value::Float32(f as f32),
         (Kind::Double, V::Double(f)) => Value::Float(f),
         (Kind::Double, V::Float(f)) => Value::Float(f64::from(f)),
-        (Kind::Date, V::Date(y, m, d, ..)) => date_value(u32::from(y), u32::from(m), u32::from(d)),
-        (Kind::Datetime { fsp, .. }, V::Date(y, mo, d, h, mi, s, us)) => datetime_value(
-            u32::from(y),
-            u32::from(mo),
-            u32::from(d),
-            u32::from(h),
-            u32::from(mi),
-            u32::from(s),
-            us,
-            *fsp,
-        ),
-        (Kind::Timestamp { fsp, .. }, V::Date(y, mo, d, h, mi, s, us)) => {
-            match datetime_value(
+        (Kind::Date, V::Date(y, m, d, ..)) => {
+            return date_value(u32::from(y), u32::from(m), u32::from(d))
+        }
+        (Kind::Datetime { fsp, .. }, V::Date(y, mo, d, h, mi, s, us)) => {
+            return datetime_value(
                 u32::from(y),
                 u32::from(mo),
                 u32::from(d),
@@ -1359,13 +1500,19 @@ pub fn from_snapshot(kind: &Kind, v: mysql_async::Value) -> Value {
                 u32::from(s),
                 us,
                 *fsp,
-            ) {
-                Value::Text(mut t) => {
-                    t.push('Z');
-                    Value::Text(t)
-                }
-                v => v,
-            }
+            )
+        }
+        (Kind::Timestamp { fsp, .. }, V::Date(y, mo, d, h, mi, s, us)) => {
+            return with_z(datetime_value(
+                u32::from(y),
+                u32::from(mo),
+                u32::from(d),
+                u32::from(h),
+                u32::from(mi),
+                u32::from(s),
+                us,
+                *fsp,
+            ))
         }
         (Kind::Time { fsp, .. }, V::Time(neg, days, h, mi, s, us)) => {
             let hours = days.saturating_mul(24).saturating_add(u32::from(h));
@@ -1379,16 +1526,16 @@ pub fn from_snapshot(kind: &Kind, v: mysql_async::Value) -> Value {
                 *fsp,
             ))
         }
-        (kind, V::Bytes(b)) => from_text(kind, b),
+        (kind, V::Bytes(b)) => return from_text(kind, b),
         (_, other) => Value::Text(other.as_sql(true).trim_matches('\'').to_owned()),
-    }
+    })
 }
 
 /// A value that arrived as bytes (strings, decimals, bits, enums, sets, JSON — or a number the
 /// server sent as text).
-fn from_text(kind: &Kind, b: Vec<u8>) -> Value {
+fn from_text(kind: &Kind, b: Vec<u8>) -> Checked {
     let text = || String::from_utf8_lossy(&b).into_owned();
-    match kind {
+    Ok(match kind {
         Kind::Decimal { .. } => Value::Decimal(text()),
         Kind::Bit { nbits } => Value::Text(bits_text(&b, *nbits)),
         Kind::Str { charset, .. }
@@ -1426,7 +1573,7 @@ fn from_text(kind: &Kind, b: Vec<u8>) -> Value {
         } => {
             let t = text();
             if *as_bool {
-                return Value::Bool(t.trim() != "0");
+                return Ok(Value::Bool(t.trim() != "0"));
             }
             if *unsigned && *width == 8 {
                 t.trim().parse().map(Value::UInt).unwrap_or(Value::Text(t))
@@ -1450,29 +1597,28 @@ fn from_text(kind: &Kind, b: Vec<u8>) -> Value {
             t.trim().parse().map(Value::Float).unwrap_or(Value::Text(t))
         }
         Kind::Date | Kind::Datetime { .. } | Kind::Timestamp { .. } | Kind::Time { .. } => {
-            temporal_from_text(kind, &text())
+            return temporal_from_text(kind, &text())
         }
-    }
+    })
 }
 
 /// Text temporal values (`2024-02-29 13:45:00.500`, `-838:59:59.000000`) in canonical form.
-fn temporal_from_text(kind: &Kind, t: &str) -> Value {
+fn temporal_from_text(kind: &Kind, t: &str) -> Checked {
     let t = t.trim();
-    if t.starts_with("0000-00-00") {
-        return Value::Null;
-    }
-    match kind {
-        Kind::Date => {
-            if t.get(5..7) == Some("00") || t.get(8..10) == Some("00") {
-                Value::Null
-            } else {
-                Value::Text(t.to_owned())
-            }
+    if matches!(
+        kind,
+        Kind::Date | Kind::Datetime { .. } | Kind::Timestamp { .. }
+    ) {
+        let part = |r: std::ops::Range<usize>| t.get(r).and_then(|p| p.parse::<u32>().ok());
+        if let (Some(y), Some(m), Some(d)) = (part(0..4), part(5..7), part(8..10)) {
+            zero_date(y, m, d)?;
         }
+    }
+    Ok(match kind {
         Kind::Datetime { .. } => Value::Text(t.replacen(' ', "T", 1)),
         Kind::Timestamp { .. } => Value::Text(format!("{}Z", t.replacen(' ', "T", 1))),
         _ => Value::Text(t.to_owned()),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -1531,7 +1677,7 @@ mod tests {
         let plan =
             plan_from_map(&naming(), &map, Some(&info), &Collations::default(), opts()).unwrap();
         let mut c = Cursor::new(MARIADB_ROW);
-        let row = decode_row(&plan.kinds, &[0xff, 0x3f], &mut c).unwrap();
+        let row = plan.decode_row(&[0xff, 0x3f], &mut c).unwrap();
         assert!(c.is_empty());
         let rendered: Vec<String> = row.into_iter().map(|v| text(v.unwrap())).collect();
         assert_eq!(
@@ -1566,8 +1712,198 @@ mod tests {
         // Truncations never panic.
         for n in 0..MARIADB_ROW.len() {
             let mut c = Cursor::new(&MARIADB_ROW[..n]);
-            assert!(decode_row(&plan.kinds, &[0xff, 0x3f], &mut c).is_err());
+            assert!(plan.decode_row(&[0xff, 0x3f], &mut c).is_err());
         }
+    }
+
+    /// MySQL's `my_time_packed_to_binary` for TIME(fsp): the encoder, independent of the
+    /// decoder under test.
+    fn time2_bytes(neg: bool, h: i64, mi: i64, sec: i64, us: i64, fsp: u8) -> Vec<u8> {
+        let mag = (((h << 12) | (mi << 6) | sec) << 24) + us;
+        let nr = if neg { -mag } else { mag };
+        let int = nr >> 24;
+        let frac = nr % (1 << 24);
+        match fsp {
+            0 => ((int + 0x80_0000) as u32).to_be_bytes()[1..].to_vec(),
+            // `int` is floored and `frac` keeps the sign (C `>>` and `%`), as in MySQL.
+            1 | 2 => {
+                let mut b = ((int + 0x80_0000) as u32).to_be_bytes()[1..].to_vec();
+                b.push((frac / 10_000) as i8 as u8);
+                b
+            }
+            3 | 4 => {
+                let mut b = ((int + 0x80_0000) as u32).to_be_bytes()[1..].to_vec();
+                b.extend_from_slice(&((frac / 100) as i16).to_be_bytes());
+                b
+            }
+            _ => ((nr + 0x8000_0000_0000) as u64).to_be_bytes()[2..].to_vec(),
+        }
+    }
+
+    #[test]
+    fn time_outside_a_day_and_negative_with_every_precision() {
+        let t = |fsp: u8, b: Vec<u8>| text(one(Kind::Time { fsp, v2: true }, &b));
+        assert_eq!(t(0, time2_bytes(true, 838, 59, 59, 0, 0)), "\"-838:59:59\"");
+        assert_eq!(t(0, time2_bytes(false, 838, 59, 59, 0, 0)), "\"838:59:59\"");
+        assert_eq!(t(0, time2_bytes(true, 0, 0, 1, 0, 0)), "\"-00:00:01\"");
+        assert_eq!(
+            t(1, time2_bytes(false, 100, 0, 0, 500_000, 1)),
+            "\"100:00:00.5\""
+        );
+        let cases: [(bool, i64, i64, i64, i64, &str); 4] = [
+            (true, 0, 0, 1, 250_000, "-00:00:01.250000"),
+            (true, 838, 59, 58, 990_000, "-838:59:58.990000"),
+            (true, 0, 0, 0, 10_000, "-00:00:00.010000"),
+            (false, 25, 0, 0, 10_000, "25:00:00.010000"),
+        ];
+        for fsp in 1..=6u8 {
+            for (neg, h, mi, sec, us, want) in cases {
+                let want = &want[..want.len() - 6 + usize::from(fsp)];
+                assert_eq!(
+                    t(fsp, time2_bytes(neg, h, mi, sec, us, fsp)),
+                    format!("\"{want}\""),
+                    "TIME({fsp})"
+                );
+            }
+        }
+        // The real MariaDB bytes of -00:00:01.25 TIME(2) agree with the encoder.
+        assert_eq!(
+            time2_bytes(true, 0, 0, 1, 250_000, 2),
+            [0x7f, 0xff, 0xfe, 0xe7]
+        );
+        // Old TIME format: -838:59:59 is -8385959 in 3 bytes.
+        let raw = (-8_385_959i32).to_le_bytes();
+        assert_eq!(
+            text(one(Kind::Time { fsp: 0, v2: false }, &raw[..3])),
+            "\"-838:59:59\""
+        );
+    }
+
+    #[test]
+    fn zero_and_partial_zero_dates_are_substitutions() {
+        let date = |y: u32, m: u32, d: u32| (y << 9) | (m << 5) | d;
+        let mut c = Cursor::new(&[0, 0, 0]);
+        assert_eq!(
+            decode_checked(&Kind::Date, &mut c).unwrap(),
+            Err(Substitution::ZeroDate)
+        );
+        for (y, m, d) in [(2024, 0, 15), (2024, 2, 0), (0, 0, 1), (2024, 0, 0)] {
+            let b = date(y, m, d).to_le_bytes();
+            let mut c = Cursor::new(&b[..3]);
+            assert_eq!(
+                decode_checked(&Kind::Date, &mut c).unwrap(),
+                Err(Substitution::ZeroInDate),
+                "{y}-{m}-{d}"
+            );
+        }
+        // DATETIME2 2024-00-00 10:00:00: ym = 2024*13 + 0.
+        let ymd: u64 = (2024 * 13) << 5;
+        let hms: u64 = 10 << 12;
+        let packed = ((ymd << 17) | hms) + 0x80_0000_0000;
+        let b = packed.to_be_bytes();
+        let mut c = Cursor::new(&b[3..]);
+        assert_eq!(
+            decode_checked(&Kind::Datetime { fsp: 0, v2: true }, &mut c).unwrap(),
+            Err(Substitution::ZeroInDate)
+        );
+        let mut c = Cursor::new(&[0, 0, 0, 0]);
+        assert_eq!(
+            decode_checked(&Kind::Timestamp { fsp: 0, v2: true }, &mut c).unwrap(),
+            Err(Substitution::ZeroDate)
+        );
+        // Old DATETIME 2024-02-00 10:00:00.
+        let b = 20240200100000u64.to_le_bytes();
+        let mut c = Cursor::new(&b);
+        assert_eq!(
+            decode_checked(&Kind::Datetime { fsp: 0, v2: false }, &mut c).unwrap(),
+            Err(Substitution::ZeroInDate)
+        );
+        // Snapshot path, binary protocol and text.
+        use mysql_async::Value as V;
+        assert_eq!(
+            from_snapshot_checked(&Kind::Date, V::Date(2024, 0, 15, 0, 0, 0, 0)),
+            Err(Substitution::ZeroInDate)
+        );
+        assert_eq!(
+            from_snapshot_checked(
+                &Kind::Datetime { fsp: 0, v2: true },
+                V::Date(2024, 0, 0, 10, 0, 0, 0)
+            ),
+            Err(Substitution::ZeroInDate)
+        );
+        assert_eq!(
+            from_snapshot_checked(
+                &Kind::Timestamp { fsp: 0, v2: true },
+                V::Date(0, 0, 0, 0, 0, 0, 0)
+            ),
+            Err(Substitution::ZeroDate)
+        );
+        assert_eq!(
+            from_snapshot_checked(&Kind::Date, V::Bytes(b"2024-02-00".to_vec())),
+            Err(Substitution::ZeroInDate)
+        );
+        assert_eq!(
+            from_snapshot_checked(
+                &Kind::Datetime { fsp: 0, v2: true },
+                V::Bytes(b"0000-00-00 00:00:00".to_vec())
+            ),
+            Err(Substitution::ZeroDate)
+        );
+        assert_eq!(
+            from_snapshot_checked(&Kind::Date, V::Bytes(b"2024-02-29".to_vec())),
+            Ok(Value::Text("2024-02-29".into()))
+        );
+    }
+
+    #[test]
+    fn substitutions_are_reported_once_per_column() {
+        let n = Naming {
+            pipeline: "p_once".into(),
+            connector: "mysql",
+            subject_prefix: "tidemark".into(),
+        };
+        let col = |name: &str| Column {
+            name: name.into(),
+            ty: CanonicalType::Date,
+            source_type: "date".into(),
+            pk: false,
+            nullable: true,
+            element: None,
+        };
+        let plan = Plan::new(
+            &n,
+            "db",
+            "t",
+            vec![col("a"), col("b")],
+            vec![Kind::Date, Kind::Date],
+        );
+        let zero_in = ((2024u32 << 9) | 15).to_le_bytes();
+        let mut image = vec![0u8];
+        image.extend_from_slice(&zero_in[..3]);
+        image.extend_from_slice(&zero_in[..3]);
+        let row = plan.decode_row(&[0x03], &mut Cursor::new(&image)).unwrap();
+        assert_eq!(row, vec![Some(Value::Null), Some(Value::Null)]);
+        assert!(!first_report(
+            "p_once",
+            "db.t",
+            "a",
+            Substitution::ZeroInDate
+        ));
+        assert!(!first_report(
+            "p_once",
+            "db.t",
+            "b",
+            Substitution::ZeroInDate
+        ));
+        assert!(first_report("p_once", "db.t", "a", Substitution::ZeroDate));
+        let row = plan.snapshot_row(vec![
+            Some(mysql_async::Value::Date(2024, 2, 0, 0, 0, 0, 0)),
+            Some(mysql_async::Value::Date(2024, 2, 29, 0, 0, 0, 0)),
+        ]);
+        assert_eq!(
+            row,
+            vec![Some(Value::Null), Some(Value::Text("2024-02-29".into()))]
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@
 use crate::binlog::{self, Flavour};
 use crate::checkpoint::{MysqlCheckpoint, Persister};
 use crate::client::{self, quote_ident};
-use crate::convert::{from_snapshot, plan_from_info, Plan};
+use crate::convert::{plan_from_info, Plan};
 use crate::error::SourceError;
 use crate::runtime::Runtime;
 use mysql_async::prelude::Queryable as _;
@@ -419,11 +419,7 @@ impl TableReader<'_> {
                             .collect(),
                     );
                 }
-                let values = raw
-                    .into_iter()
-                    .zip(&self.plan.kinds)
-                    .map(|(v, k)| Some(from_snapshot(k, v.unwrap_or(mysql_async::Value::NULL))))
-                    .collect();
+                let values = self.plan.snapshot_row(raw);
                 seq += 1;
                 in_chunk += 1;
                 ctx.outbox.event(encode(seq, values)).await?;

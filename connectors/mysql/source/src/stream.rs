@@ -38,7 +38,7 @@ use crate::binlog::{
 };
 use crate::checkpoint::{MysqlCheckpoint, Persister};
 use crate::client;
-use crate::convert::{decode_row, Plan};
+use crate::convert::Plan;
 use crate::ddl::{self, Statement};
 use crate::error::{code, server_code, SourceError};
 use crate::gtid::{GtidSet, GtidState, MariaGtid};
@@ -799,19 +799,23 @@ impl<'r> Streamer<'r> {
         while !c.is_empty() {
             let (op, before, after) = match kind {
                 RowsKind::Write => {
-                    let after = decode_row(&plan.kinds, rows.present, &mut c)
+                    let after = plan
+                        .decode_row(rows.present, &mut c)
                         .map_err(|e| self.decode_err(e))?;
                     (Op::Create, None, Some(after))
                 }
                 RowsKind::Delete => {
-                    let before = decode_row(&plan.kinds, rows.present, &mut c)
+                    let before = plan
+                        .decode_row(rows.present, &mut c)
                         .map_err(|e| self.decode_err(e))?;
                     (Op::Delete, Some(before), None)
                 }
                 RowsKind::Update => {
-                    let before = decode_row(&plan.kinds, rows.present, &mut c)
+                    let before = plan
+                        .decode_row(rows.present, &mut c)
                         .map_err(|e| self.decode_err(e))?;
-                    let after = decode_row(&plan.kinds, rows.present_after, &mut c)
+                    let after = plan
+                        .decode_row(rows.present_after, &mut c)
                         .map_err(|e| self.decode_err(e))?;
                     (Op::Update, Some(before), Some(after))
                 }

@@ -200,7 +200,7 @@ impl PostgresSink {
                 table: qualified(&schema, &name),
             });
         }
-        let ddl = create_table_sql(&schema, &name, &env.schema.columns);
+        let ddl = create_table_sql(&schema, &name, &env.source.connector, &env.schema.columns);
         tracing::info!(sink = %self.sink, table = %qualified(&schema, &name), "creating missing target table");
         self.conn
             .client
@@ -798,8 +798,20 @@ fn batch_sql(b: &Batch) -> String {
     }
 }
 
+/// Whether the envelope comes from a MySQL/MariaDB source (`source.connector`).
+fn from_mysql(connector: &str) -> bool {
+    connector == "mysql"
+}
+
 /// Postgres type for a canonical column (used only with `create_tables = true`).
-fn native_type(c: &Column) -> String {
+///
+/// A MySQL TIME spans `-838:59:59` … `838:59:59` (an elapsed time as much as a time of day):
+/// its canonical `time` values go into `interval`, which holds them all; Postgres `time`
+/// would reject anything negative or from 24 h on.
+fn native_type(c: &Column, connector: &str) -> String {
+    if c.ty == CanonicalType::Time && from_mysql(connector) {
+        return "interval".to_owned();
+    }
     fn scalar(t: CanonicalType) -> &'static str {
         match t {
             CanonicalType::Bool => "boolean",
@@ -827,12 +839,22 @@ fn native_type(c: &Column) -> String {
     }
 }
 
-fn create_table_sql(schema: &str, table: &str, columns: &[Column]) -> String {
+/// Whether a NOT NULL source column may still carry `null`: a MySQL zero date (`0000-00-00`,
+/// `2024-00-15`) has no calendar value and arrives as `null` even from a NOT NULL column.
+fn may_be_substituted(c: &Column, connector: &str) -> bool {
+    from_mysql(connector)
+        && matches!(
+            c.ty,
+            CanonicalType::Date | CanonicalType::Timestamp | CanonicalType::Timestamptz
+        )
+}
+
+fn create_table_sql(schema: &str, table: &str, connector: &str, columns: &[Column]) -> String {
     let mut defs: Vec<String> = columns
         .iter()
         .map(|c| {
-            let mut d = format!("{} {}", quote_ident(&c.name), native_type(c));
-            if !c.nullable || c.pk {
+            let mut d = format!("{} {}", quote_ident(&c.name), native_type(c, connector));
+            if c.pk || (!c.nullable && !may_be_substituted(c, connector)) {
                 d.push_str(" NOT NULL");
             }
             d
@@ -1078,4 +1100,43 @@ pub(crate) async fn read_offset(
         pos,
         stream_seq: u64::try_from(seq).unwrap_or(0),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: CanonicalType, source_type: &str, nullable: bool) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            source_type: source_type.into(),
+            pk: false,
+            nullable,
+            element: None,
+        }
+    }
+
+    #[test]
+    fn mysql_time_becomes_interval_and_zero_dates_stay_nullable() {
+        let mut id = col("id", CanonicalType::Int64, "int(11)", false);
+        id.pk = true;
+        let cols = [
+            id,
+            col("t", CanonicalType::Time, "time(2)", false),
+            col("d", CanonicalType::Date, "date", false),
+            col("dt", CanonicalType::Timestamp, "datetime", false),
+            col("n", CanonicalType::Int64, "int(11)", false),
+        ];
+        assert_eq!(
+            create_table_sql("s", "x", "mysql", &cols),
+            "CREATE SCHEMA IF NOT EXISTS \"s\"; CREATE TABLE IF NOT EXISTS \"s\".\"x\" \
+             (\"id\" bigint NOT NULL, \"t\" interval NOT NULL, \"d\" date, \"dt\" timestamp, \
+             \"n\" bigint NOT NULL, PRIMARY KEY (\"id\"))"
+        );
+        // A Postgres time stays a time, and its NOT NULL dates stay NOT NULL.
+        let sql = create_table_sql("s", "x", "postgres", &cols);
+        assert!(sql.contains("\"t\" time NOT NULL"), "{sql}");
+        assert!(sql.contains("\"d\" date NOT NULL"), "{sql}");
+    }
 }
