@@ -458,26 +458,46 @@ async fn tail(
                 return ExitCode::from(1);
             }
         };
-        let Ok(env) = serde_json::from_slice::<serde_json::Value>(&msg.payload) else {
+        // Shown as published: no tree is built, so any depth and every digit of a number
+        // come through (a `serde_json::Value` would reject or round them).
+        let Ok(env) = tidemark_core::json_text::validate(&msg.payload) else {
             eprintln!("(skipping a message that is not JSON on {})", msg.subject);
             continue;
         };
         if let Some(glob) = table {
-            let schema = env["source"]["schema"].as_str().unwrap_or("");
-            let name = env["source"]["table"].as_str().unwrap_or("");
-            if !tidemark_core::config::table_selected(&[glob.to_owned()], schema, name) {
+            let names = serde_json::from_str::<TailNames>(env.get()).unwrap_or_default();
+            if !tidemark_core::config::table_selected(
+                &[glob.to_owned()],
+                &names.source.schema,
+                &names.source.table,
+            ) {
                 continue;
             }
         }
-        let text = if compact {
-            serde_json::to_string(&env)
+        if compact {
+            println!("{}", env.get());
         } else {
-            serde_json::to_string_pretty(&env)
-        };
-        println!("{}", text.unwrap_or_default());
+            println!("{}", tidemark_core::json_text::pretty(env));
+        }
         shown += 1;
         if limit.is_some_and(|l| shown >= l) {
             return ExitCode::SUCCESS;
         }
     }
+}
+
+/// The names `tail --table` filters on; every other field is skipped unparsed.
+#[derive(Debug, Default, serde::Deserialize)]
+struct TailNames {
+    #[serde(default)]
+    source: TailSource,
+}
+
+/// `source.schema` and `source.table` of an envelope.
+#[derive(Debug, Default, serde::Deserialize)]
+struct TailSource {
+    #[serde(default)]
+    schema: String,
+    #[serde(default)]
+    table: String,
 }

@@ -8,6 +8,7 @@ mod common;
 mod config_errors;
 mod e2e;
 mod mysql_edge_values;
+mod json_values;
 mod mysql_sink;
 mod mysql_source;
 mod nats_compat;

@@ -7,7 +7,12 @@
 //! addition: `source.tx.last` is `true` on the final event of a source
 //! transaction, so a sink can commit a whole transaction without waiting for
 //! the next one to begin.
+//!
+//! Parsing never builds a `serde_json::Value` for a column value: row images hold
+//! [`Cell`]s, the exact JSON text of each value, so every document a source can publish
+//! (any depth, any number) reads back unchanged (see [`crate::cell`]).
 
+pub use crate::cell::{Cell, Image};
 use crate::subject;
 use crate::value::{write_json_str, Value};
 use bytes::Bytes;
@@ -457,13 +462,13 @@ pub struct Envelope {
     pub source: SourceBlock,
     /// Key columns.
     #[serde(default)]
-    pub key: Option<serde_json::Map<String, serde_json::Value>>,
+    pub key: Option<Image>,
     /// Old row image.
     #[serde(default)]
-    pub before: Option<serde_json::Map<String, serde_json::Value>>,
+    pub before: Option<Image>,
     /// New row image.
     #[serde(default)]
-    pub after: Option<serde_json::Map<String, serde_json::Value>>,
+    pub after: Option<Image>,
     /// Columns the source did not send; leave them as they are.
     #[serde(default)]
     pub unchanged: Vec<String>,
@@ -475,7 +480,8 @@ pub struct Envelope {
 
 impl Envelope {
     /// Parses envelope JSON; errors say what was malformed. Only version 1 is accepted: a
-    /// newer envelope must not be half-understood.
+    /// newer envelope must not be half-understood. Column values of any depth and any
+    /// number are accepted (nothing in an envelope recurses while parsing).
     pub fn parse(bytes: &[u8]) -> Result<Envelope, serde_json::Error> {
         let env: Envelope = serde_json::from_slice(bytes)?;
         if env.v != 1 {
@@ -551,7 +557,7 @@ mod tests {
         let env = Envelope::parse(&msg.payload).unwrap();
         assert_eq!(env.op, Op::Update);
         assert_eq!(env.unchanged, vec!["big".to_string()]);
-        assert_eq!(env.key.unwrap()["id"], 42);
+        assert_eq!(env.key.unwrap()["id"], Cell::Number("42".into()));
         assert!(!env.after.as_ref().unwrap().contains_key("big"));
         assert_eq!(env.before.unwrap().len(), 1);
         assert!(env.source.tx.last);

@@ -7,11 +7,13 @@
 //! to Postgres or MySQL.
 
 pub mod backoff;
+pub mod cell;
 pub mod check;
 pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod health;
+pub mod json_text;
 pub mod metrics;
 pub mod nats;
 pub mod position;

@@ -39,7 +39,8 @@ pub enum Value {
 
 impl Value {
     /// Wraps JSON text, validating it first: text that is not valid JSON is kept as a string
-    /// rather than corrupting the envelope.
+    /// rather than corrupting the envelope. Validation scans iteratively and leaves numbers
+    /// unparsed, so any depth and any number (`1e400`, 40 digits) stay a JSON document.
     pub fn json(text: String) -> Value {
         match serde_json::from_str::<serde::de::IgnoredAny>(&text) {
             Ok(_) => Value::Json(text),
@@ -157,5 +158,19 @@ mod tests {
             Value::Json("{\"a\":1}".into())
         );
         assert_eq!(Value::json("{oops".into()), Value::Text("{oops".into()));
+    }
+
+    #[test]
+    fn deep_and_huge_json_stays_json() {
+        let depth = 10_000;
+        for doc in [
+            format!("{}1{}", "[".repeat(depth), "]".repeat(depth)),
+            format!("{}{}", "{\"a\":".repeat(depth) + "1e400", "}".repeat(depth)),
+            "[1e400,-1e-400,123456789012345678901234567890.123456789]".to_owned(),
+        ] {
+            let v = Value::json(doc.clone());
+            assert_eq!(v, Value::Json(doc.clone()));
+            assert_eq!(v.to_json_string(), doc);
+        }
     }
 }

@@ -8,15 +8,17 @@
 //! small cache afterwards; the column list of a known version is only skipped over. The
 //! payload is checked for UTF-8 once instead of string by string.
 //!
+//! Column values are [`crate::cell::Cell`]s: scanned, not built into a tree, so a document
+//! of any depth or a number beyond `f64` parses like any other value (nothing here recurses
+//! per level of a value: serde_json's raw-value scan and `IgnoredAny` are iterative).
+//!
 //! The result is the same [`Envelope`] the derived parser builds, with the same required
 //! fields, defaults and version check (the tests compare both on the same bytes).
 
-use crate::envelope::{Column, Envelope, Op, SchemaBlock, SourceBlock};
+use crate::envelope::{Column, Envelope, Image, Op, SchemaBlock, SourceBlock};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::collections::HashMap;
 use std::fmt;
-
-type Map = serde_json::Map<String, serde_json::Value>;
 
 /// Schema blocks kept per parser; beyond this the cache starts over.
 const MAX_SCHEMAS: usize = 256;
@@ -81,9 +83,9 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
         let mut id: Option<String> = None;
         let mut op: Option<Op> = None;
         let mut source: Option<SourceBlock> = None;
-        let mut key: Option<Option<Map>> = None;
-        let mut before: Option<Option<Map>> = None;
-        let mut after: Option<Option<Map>> = None;
+        let mut key: Option<Option<Image>> = None;
+        let mut before: Option<Option<Image>> = None;
+        let mut after: Option<Option<Image>> = None;
         let mut unchanged: Option<Vec<String>> = None;
         let mut schema: Option<SchemaBlock> = None;
         let mut ts_ms: Option<i64> = None;
@@ -197,13 +199,14 @@ impl<'de> Visitor<'de> for SchemaSeed<'_> {
 mod tests {
     use super::*;
 
-    const ENV: &str = r#"{"v":1,"id":"p:0000000001000000:00000001","op":"u","source":{"pipeline":"p","connector":"postgres","db":"d","schema":"public","table":"t","pos":"0000000001000000:00000001","tx":{"id":"7","seq":1,"commit_pos":"0/1000000","last":true},"ts_ms":5,"snapshot":false},"key":{"id":1},"before":null,"after":{"id":1,"name":"a\u00e9","doc":{"x":[1,2]}},"unchanged":["big"],"schema":{"version":"abc","columns":[{"name":"id","type":"int64","source_type":"bigint","pk":true,"nullable":false},{"name":"name","type":"string","source_type":"text","pk":false,"nullable":true}]},"ts_ms":9}"#;
+    pub(super) const ENV: &str = r#"{"v":1,"id":"p:0000000001000000:00000001","op":"u","source":{"pipeline":"p","connector":"postgres","db":"d","schema":"public","table":"t","pos":"0000000001000000:00000001","tx":{"id":"7","seq":1,"commit_pos":"0/1000000","last":true},"ts_ms":5,"snapshot":false},"key":{"id":1},"before":null,"after":{"id":1,"name":"a\u00e9","doc":{"x":[1,2]}},"unchanged":["big"],"schema":{"version":"abc","columns":[{"name":"id","type":"int64","source_type":"bigint","pk":true,"nullable":false},{"name":"name","type":"string","source_type":"text","pk":false,"nullable":true}]},"ts_ms":9}"#;
 
     fn same(a: &Envelope, b: &Envelope) {
         assert_eq!(
-            serde_json::to_value(a).unwrap_or_default(),
-            serde_json::to_value(b).unwrap_or_default()
+            serde_json::to_string(a).unwrap_or_default(),
+            serde_json::to_string(b).unwrap_or_default()
         );
+        assert!(serde_json::to_string(a).is_ok());
     }
 
     #[test]
@@ -277,6 +280,128 @@ mod tests {
                 assert!(env.after.is_some());
             }
             Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod json_value_tests {
+    use super::*;
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    fn envelope_with(doc: &str) -> String {
+        super::tests::ENV.replace(r#"{"x":[1,2]}"#, doc)
+    }
+
+    #[test]
+    fn deep_and_huge_json_values_parse() {
+        for doc in [
+            nested(200),
+            nested(10_000),
+            "1e400".to_owned(),
+            "-1e-400".to_owned(),
+            "123456789012345678901234567890.123456789".to_owned(),
+            r#"{"a":[1e400,{"b":-1e-400}]}"#.to_owned(),
+        ] {
+            let text = envelope_with(&doc);
+            let mut p = EnvelopeParser::default();
+            let env = p.parse(text.as_bytes()).map_err(|e| e.to_string());
+            let doc_cell = env
+                .as_ref()
+                .ok()
+                .and_then(|e| e.after.as_ref()?.get("doc").cloned());
+            assert_eq!(
+                doc_cell.map(|c| c.json_text().into_owned()),
+                Some(doc.clone())
+            );
+            let reference = Envelope::parse(text.as_bytes()).map_err(|e| e.to_string());
+            let doc_cell = reference.ok().and_then(|e| e.after?.get("doc").cloned());
+            assert_eq!(doc_cell.map(|c| c.json_text().into_owned()), Some(doc));
+        }
+    }
+}
+
+#[cfg(test)]
+mod stack_tests {
+    use super::*;
+
+    /// A 100,000-level document parses on a 256 KiB stack: nothing recurses per level.
+    #[test]
+    fn parsing_does_not_recurse_per_level() {
+        let depth = 100_000;
+        let doc = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+        let text = super::tests::ENV.replace(r#"{"x":[1,2]}"#, &doc);
+        let worker = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut p = EnvelopeParser::default();
+                let env = p.parse(text.as_bytes()).map_err(|e| e.to_string())?;
+                let cell = env.after.as_ref().and_then(|a| a.get("doc")).cloned();
+                Ok::<_, String>(cell.map(|c| c.json_text().len()))
+            });
+        let joined = worker.map(|h| h.join());
+        match joined {
+            Ok(Ok(Ok(len))) => assert_eq!(len, Some(doc_len(depth))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn doc_len(depth: usize) -> usize {
+        depth * "{\"a\":".len() + 1 + depth
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// The row-image part of the envelope as the parser read it before cells: serde_json trees.
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct TreeImages {
+        key: Option<serde_json::Map<String, serde_json::Value>>,
+        before: Option<serde_json::Map<String, serde_json::Value>>,
+        after: Option<serde_json::Map<String, serde_json::Value>>,
+    }
+
+    /// The same images as cells.
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct CellImages {
+        key: Option<Image>,
+        before: Option<Image>,
+        after: Option<Image>,
+    }
+
+    /// `cargo test -p tidemark-core --lib bench -- --ignored --nocapture`: row images as cells
+    /// against serde_json trees, on a typical row (numbers, strings, a small document).
+    #[test]
+    #[ignore]
+    fn cells_against_trees() {
+        let row = r#"{"id":123456,"name":"Jane \"J\" Doe","email":"jane@example.com","price":"12.30","qty":7,"ratio":0.125,"paid":true,"at":"2024-02-29T12:45:00.123456Z","note":null,"meta":{"tags":["a","b"],"n":1}}"#;
+        let text = format!(r#"{{"key":{{"id":123456}},"before":{row},"after":{row}}}"#);
+        let n = 200_000;
+        for round in 0..2 {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                let v: TreeImages = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+                std::hint::black_box(v);
+            }
+            let trees = t.elapsed();
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                let v: CellImages = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+                std::hint::black_box(v);
+            }
+            let cells = t.elapsed();
+            println!(
+                "round {round}: trees {:.0} ns/envelope, cells {:.0} ns/envelope",
+                trees.as_nanos() as f64 / n as f64,
+                cells.as_nanos() as f64 / n as f64
+            );
         }
     }
 }

@@ -481,7 +481,8 @@ impl<W: SinkWriter> Session<'_, W> {
                     }
                     OnError::DeadLetter => {
                         m::error("sink", "malformed");
-                        self.dead_letter(seq, msg.subject.as_str(), &msg.payload, &error)
+                        let table = self.table_of_subject(msg.subject.as_str());
+                        self.dead_letter(seq, msg.subject.as_str(), &table, &msg.payload, &error)
                             .await?;
                         self.t.neutral(seq);
                         self.push_ack(reply);
@@ -566,14 +567,8 @@ impl<W: SinkWriter> Session<'_, W> {
                     env.op.code(),
                     display_chain(&err)
                 );
-                tracing::warn!(
-                    pipeline = %self.ctx.pipeline.name,
-                    sink = %self.ctx.sink.name,
-                    stream_seq = seq,
-                    error = %error,
-                    "event rejected by the target; sent to the dead-letter subject"
-                );
-                self.dead_letter(seq, msg.subject.as_str(), &msg.payload, &error)
+                // dead_letter logs it (WARN, or ERROR if the dead letter cannot be published).
+                self.dead_letter(seq, msg.subject.as_str(), &table, &msg.payload, &error)
                     .await?;
                 Ok(false)
             }
@@ -584,6 +579,7 @@ impl<W: SinkWriter> Session<'_, W> {
         &mut self,
         seq: u64,
         subject_name: &str,
+        table: &str,
         payload: &[u8],
         error: &str,
     ) -> Result<(), SinkError> {
@@ -594,12 +590,24 @@ impl<W: SinkWriter> Session<'_, W> {
             sink: &self.ctx.sink.name,
             stream_seq: seq,
             subject: subject_name,
+            table,
             payload,
             error,
         };
         dead_letter::publish(&self.ctx.js, &to, &letter).await?;
         self.meters.dead_letters.increment(1);
         Ok(())
+    }
+
+    /// `schema.table` as the subject spells it (`<prefix>.<pipeline>.<schema>.<table>`), for
+    /// a message whose envelope could not be read.
+    fn table_of_subject(&self, subject_name: &str) -> String {
+        let p = &self.ctx.pipeline;
+        let all = subject::pipeline_wildcard(&p.subject_prefix, &p.name);
+        all.strip_suffix('>')
+            .and_then(|head| subject_name.strip_prefix(head))
+            .unwrap_or("unknown")
+            .to_owned()
     }
 
     /// Commit / ack decisions after each message.

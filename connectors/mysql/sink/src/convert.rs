@@ -8,11 +8,13 @@
 //! `'YYYY-MM-DD HH:MM:SS.ffffff'` (the session runs in UTC), base64 → bytes, uuids → 16 bytes
 //! for BINARY(16), arrays and objects → JSON text, SET members → `a,b`, bit strings → `b'…'`.
 //! What MySQL cannot store (NaN, infinities, out-of-range dates) is an error naming the value.
+//! Values arrive as [`Cell`]s, the envelope's exact JSON text: a document reaches a JSON or
+//! LONGTEXT column verbatim at any depth, and a number keeps every digit (what the column
+//! then accepts is the server's call: MariaDB's `json_valid` stops at 32 levels).
 
 use crate::catalog::{Kind, TargetColumn};
 use base64::Engine as _;
-use serde_json::Value as J;
-use tidemark_core::envelope::CanonicalType;
+use tidemark_core::envelope::{CanonicalType, Cell};
 
 /// Why a value cannot be rendered for its column.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,23 +91,23 @@ fn uuid_bytes(s: &str) -> Option<Vec<u8>> {
 /// Appends the literal for `v` in column `col`; `canonical` is the envelope's type.
 pub(crate) fn push_literal(
     out: &mut String,
-    v: &J,
+    v: &Cell,
     canonical: Option<CanonicalType>,
     col: &TargetColumn,
 ) -> Result<(), ConvertError> {
     match v {
-        J::Null => out.push_str("NULL"),
-        J::Bool(b) => match col.kind {
+        Cell::Null => out.push_str("NULL"),
+        Cell::Bool(b) => match col.kind {
             Kind::Json => out.push_str(if *b { "'true'" } else { "'false'" }),
             _ => out.push_str(if *b { "1" } else { "0" }),
         },
-        J::Number(n) => match col.kind {
+        Cell::Number(n) => match col.kind {
             Kind::Text | Kind::Json | Kind::Set | Kind::DateTime | Kind::Binary => {
-                push_text(out, &n.to_string())
+                push_text(out, n)
             }
-            _ => push_number_text(out, &n.to_string())?,
+            _ => push_number_text(out, n)?,
         },
-        J::String(s) => match col.kind {
+        Cell::String(s) => match col.kind {
             Kind::Integer | Kind::Decimal => {
                 if matches!(s.as_str(), "true" | "false") {
                     out.push_str(if s == "true" { "1" } else { "0" });
@@ -145,33 +147,39 @@ pub(crate) fn push_literal(
             }
             Kind::Json => {
                 if canonical == Some(CanonicalType::Json)
-                    || serde_json::from_str::<serde::de::IgnoredAny>(s).is_err()
+                    || tidemark_core::json_text::validate(s.as_bytes()).is_err()
                 {
-                    push_text(out, &J::String(s.clone()).to_string());
+                    push_text(out, &v.json_text());
                 } else {
                     push_text(out, s);
                 }
             }
             Kind::Set | Kind::Text => push_text(out, s),
         },
-        J::Array(items) => match col.kind {
-            Kind::Set => {
+        Cell::Json(doc) => match col.kind {
+            Kind::Set if v.is_array() => {
+                let items = match v.items() {
+                    Some(Ok(items)) => items,
+                    _ => return Err(ConvertError("malformed set".into())),
+                };
                 let mut parts = Vec::with_capacity(items.len());
-                for item in items {
+                for item in &items {
                     match item {
-                        J::String(s) => parts.push(s.as_str()),
+                        Cell::String(s) => parts.push(s.as_str()),
                         other => {
-                            return Err(ConvertError(format!("set member {other} is not a string")))
+                            return Err(ConvertError(format!(
+                                "set member {} is not a string",
+                                other.json_text()
+                            )))
                         }
                     }
                 }
                 push_text(out, &parts.join(","));
             }
-            Kind::Json | Kind::Text => push_text(out, &v.to_string()),
-            _ => return Err(ConvertError("an array does not fit this column".into())),
-        },
-        J::Object(_) => match col.kind {
-            Kind::Json | Kind::Text => push_text(out, &v.to_string()),
+            Kind::Json | Kind::Text => push_text(out, doc),
+            _ if v.is_array() => {
+                return Err(ConvertError("an array does not fit this column".into()))
+            }
             _ => {
                 return Err(ConvertError(
                     "a JSON object does not fit this column".into(),
@@ -185,7 +193,11 @@ pub(crate) fn push_literal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value as J};
+
+    fn cell(v: &J) -> Cell {
+        serde_json::from_str(&v.to_string()).unwrap()
+    }
 
     fn col(kind: Kind) -> TargetColumn {
         TargetColumn {
@@ -200,7 +212,7 @@ mod tests {
 
     fn lit(v: J, c: Option<CanonicalType>, kind: Kind) -> Result<String, ConvertError> {
         let mut s = String::new();
-        push_literal(&mut s, &v, c, &col(kind)).map(|_| s)
+        push_literal(&mut s, &cell(&v), c, &col(kind)).map(|_| s)
     }
 
     #[test]
@@ -233,11 +245,40 @@ mod tests {
         let mut s = String::new();
         push_literal(
             &mut s,
-            &json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            &cell(&json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")),
             Some(CanonicalType::Uuid),
             &c,
         )
         .unwrap();
         assert_eq!(s, "X'A0EEBC999C0B4EF8BB6D6BB9BD380A11'");
+    }
+
+    #[test]
+    fn deep_documents_and_huge_numbers_pass_verbatim() {
+        let hex = |s: &str| {
+            let mut out = String::new();
+            push_text(&mut out, s);
+            out
+        };
+        let depth = 10_000;
+        let deep = format!("{}1e400{}", "[".repeat(depth), "]".repeat(depth));
+        let c: Cell = serde_json::from_str(&deep).unwrap();
+        let mut s = String::new();
+        push_literal(&mut s, &c, Some(CanonicalType::Json), &col(Kind::Json)).unwrap();
+        assert_eq!(s, hex(&deep));
+        let big = "123456789012345678901234567890.123456789";
+        let c: Cell = serde_json::from_str(big).unwrap();
+        for kind in [Kind::Json, Kind::Decimal] {
+            let mut s = String::new();
+            push_literal(&mut s, &c, None, &col(kind)).unwrap();
+            assert_eq!(
+                s,
+                if kind == Kind::Json {
+                    hex(big)
+                } else {
+                    big.to_owned()
+                }
+            );
+        }
     }
 }

@@ -31,8 +31,9 @@ use mysql_async::prelude::Queryable as _;
 use mysql_async::Conn;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tidemark_core::cell::{self, Cell};
 use tidemark_core::config::{PipelineConfig, SinkConfig};
-use tidemark_core::envelope::{CanonicalType, Column, Envelope, Op};
+use tidemark_core::envelope::{CanonicalType, Column, Envelope, Image, Op};
 use tidemark_core::sink::{Offset, SinkWriter, OFFSETS_TABLE};
 
 /// Rows per multi-row statement. Small enough that a 2000-event commit is several
@@ -41,8 +42,6 @@ use tidemark_core::sink::{Offset, SinkWriter, OFFSETS_TABLE};
 pub(crate) const FLUSH_ROWS: usize = 500;
 /// SQL bytes per statement (well below the default max_allowed_packet of 16 MiB).
 pub(crate) const FLUSH_BYTES: usize = 4 << 20;
-
-type Image = serde_json::Map<String, serde_json::Value>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BatchKind {
@@ -499,7 +498,7 @@ impl MysqlSink {
         for (i, name) in cols {
             let c = &table.columns[*i];
             let mut lit = String::new();
-            let v = after.get(name).unwrap_or(&serde_json::Value::Null);
+            let v = after.get(name).unwrap_or(&cell::NULL);
             push_literal(&mut lit, v, canonical_of(&env.schema.columns, name), c)
                 .map_err(|e| convert_err(table, name, v, c, &e.0, pos))?;
             sets.push(format!("{}={lit}", quote_ident(name)));
@@ -549,7 +548,7 @@ impl MysqlSink {
         for (i, name) in &match_cols {
             let c = &table.columns[*i];
             let mut lit = String::new();
-            let v = before.get(name).unwrap_or(&serde_json::Value::Null);
+            let v = before.get(name).unwrap_or(&cell::NULL);
             push_literal(&mut lit, v, canonical_of(&env.schema.columns, name), c)
                 .map_err(|e| convert_err(&table, name, v, c, &e.0, pos))?;
             conds.push(format!("{} <=> {lit}", quote_ident(name)));
@@ -566,7 +565,7 @@ impl MysqlSink {
                 for (i, name) in &cols {
                     let c = &table.columns[*i];
                     let mut lit = String::new();
-                    let v = after.get(name).unwrap_or(&serde_json::Value::Null);
+                    let v = after.get(name).unwrap_or(&cell::NULL);
                     push_literal(&mut lit, v, canonical_of(&env.schema.columns, name), c)
                         .map_err(|e| convert_err(&table, name, v, c, &e.0, pos))?;
                     sets.push(format!("{}={lit}", quote_ident(name)));
@@ -593,7 +592,7 @@ impl MysqlSink {
 fn convert_err(
     table: &TargetTable,
     name: &str,
-    v: &serde_json::Value,
+    v: &Cell,
     c: &catalog::TargetColumn,
     reason: &str,
     pos: &str,
@@ -601,7 +600,7 @@ fn convert_err(
     MySinkError::Convert {
         table: table.qualified.clone(),
         column: name.to_owned(),
-        value: shorten(&v.to_string()),
+        value: shorten(&v.json_text()),
         target_type: c.column_type.clone(),
         reason: format!("{reason} (pos {pos})"),
     }
@@ -621,7 +620,7 @@ fn render_row(
             out.push(',');
         }
         let c = &table.columns[*i];
-        let v = image.get(name).unwrap_or(&serde_json::Value::Null);
+        let v = image.get(name).unwrap_or(&cell::NULL);
         push_literal(&mut out, v, canonical_of(&env.schema.columns, name), c)
             .map_err(|e| convert_err(table, name, v, c, &e.0, &env.source.pos))?;
     }

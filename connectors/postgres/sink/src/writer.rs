@@ -36,8 +36,9 @@ use crate::convert::to_text;
 use crate::error::{describe, is_data_exception, shorten, PgSinkError};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tidemark_core::cell;
 use tidemark_core::config::{PipelineConfig, SinkConfig};
-use tidemark_core::envelope::{CanonicalType, Column, Envelope, Op};
+use tidemark_core::envelope::{CanonicalType, Column, Envelope, Image, Op};
 use tidemark_core::sink::{Offset, SinkWriter, OFFSETS_TABLE};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
@@ -228,7 +229,7 @@ impl PostgresSink {
         &mut self,
         env: &Envelope,
         table: Arc<TargetTable>,
-        image: &serde_json::Map<String, serde_json::Value>,
+        image: &Image,
     ) -> Result<(Arc<TargetTable>, Vec<(usize, String)>), PgSinkError> {
         let mut table = table;
         for attempt in 0..2 {
@@ -456,7 +457,7 @@ impl PostgresSink {
         &mut self,
         table: &Arc<TargetTable>,
         env: &Envelope,
-        after: &serde_json::Map<String, serde_json::Value>,
+        after: &Image,
         cols: &[(usize, String)],
         old_key: Vec<Option<String>>,
     ) -> Result<bool, PgSinkError> {
@@ -509,7 +510,7 @@ impl PostgresSink {
         &mut self,
         env: &Envelope,
         table: &Arc<TargetTable>,
-        after: Option<&serde_json::Map<String, serde_json::Value>>,
+        after: Option<&Image>,
     ) -> Result<(), PgSinkError> {
         let pos = &env.source.pos;
         let Some(before) = env.before.as_ref().filter(|b| !b.is_empty()) else {
@@ -608,7 +609,7 @@ impl PostgresSink {
                     return Some(PgSinkError::Convert {
                         table: table.qualified.clone(),
                         column: name.clone(),
-                        value: shorten(&value.to_string()),
+                        value: shorten(&value.json_text()),
                         target_type: c.display.clone(),
                         reason: describe(&e),
                     });
@@ -627,18 +628,18 @@ fn canonical_of(columns: &[Column], name: &str) -> Option<CanonicalType> {
 fn convert_row(
     table: &TargetTable,
     env: &Envelope,
-    image: &serde_json::Map<String, serde_json::Value>,
+    image: &Image,
     cols: &[(usize, String)],
 ) -> Result<Vec<Option<String>>, PgSinkError> {
     let mut out = Vec::with_capacity(cols.len());
     for (i, name) in cols {
         let c = &table.columns[*i];
-        let v = image.get(name).unwrap_or(&serde_json::Value::Null);
+        let v = image.get(name).unwrap_or(&cell::NULL);
         let canonical = canonical_of(&env.schema.columns, name);
         let text = to_text(v, canonical, &c.kind).map_err(|e| PgSinkError::Convert {
             table: table.qualified.clone(),
             column: name.clone(),
-            value: shorten(&v.to_string()),
+            value: shorten(&v.json_text()),
             target_type: c.display.clone(),
             reason: format!("{} (pos {})", e.0, env.source.pos),
         })?;
@@ -651,7 +652,7 @@ fn convert_row(
 fn key_values(
     table: &TargetTable,
     env: &Envelope,
-    image: &serde_json::Map<String, serde_json::Value>,
+    image: &Image,
 ) -> Result<Option<Vec<Option<String>>>, PgSinkError> {
     let mut cols = Vec::with_capacity(table.pk.len());
     for &k in &table.pk {
@@ -668,8 +669,8 @@ fn key_values(
 fn changed_key(
     table: &TargetTable,
     env: &Envelope,
-    before: &serde_json::Map<String, serde_json::Value>,
-    after: &serde_json::Map<String, serde_json::Value>,
+    before: &Image,
+    after: &Image,
 ) -> Result<Option<Vec<Option<String>>>, PgSinkError> {
     let changed = table.pk.iter().any(|&k| {
         let name = &table.columns[k].name;
