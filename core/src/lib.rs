@@ -14,6 +14,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod nats;
+pub mod oversize;
 pub mod position;
 pub mod publisher;
 pub mod redact;

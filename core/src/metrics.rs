@@ -35,6 +35,8 @@ pub const SNAPSHOT_ROWS_ESTIMATED: &str = "tidemark_snapshot_rows_estimated";
 pub const BUILD_INFO: &str = "tidemark_build_info";
 /// Events sent to a sink's dead-letter subject (`pipeline`, `sink`).
 pub const SINK_DEAD_LETTERS: &str = "tidemark_sink_dead_letters_total";
+/// Events larger than NATS accepts, handled by the pipeline's `oversize` policy (`pipeline`).
+pub const OVERSIZE_EVENTS: &str = "tidemark_oversize_events_total";
 
 /// 1 while a component (`<pipeline>/source`, `<pipeline>/sink/<name>`) is ready, else 0.
 pub const COMPONENT_READY: &str = "tidemark_component_ready";
@@ -101,6 +103,10 @@ pub fn describe() {
     describe_counter!(
         SINK_DEAD_LETTERS,
         "Events sent to a sink's dead-letter subject."
+    );
+    describe_counter!(
+        OVERSIZE_EVENTS,
+        "Events larger than the NATS server accepts, handled by the oversize policy."
     );
     describe_gauge!(
         COMPONENT_READY,
