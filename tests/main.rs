@@ -5,7 +5,10 @@
 mod cli;
 mod common;
 mod e2e;
+mod large_rows;
 mod mysql_sink;
+#[path = "common/nats_small.rs"]
+mod nats_small;
 mod mysql_source;
 mod nats_compat;
 mod pg_sink;
