@@ -294,7 +294,7 @@ async fn oversize_halt_stops_the_source_with_a_definite_error() {
         "key {\"id\":2}",
         &SMALL_NATS_PAYLOAD.to_string(),
         "max_payload",
-        "oversize = \\\"reference\\\"",
+        "oversize = \"reference\"",
     ] {
         assert!(line.contains(part), "{part:?} missing in: {line}");
     }

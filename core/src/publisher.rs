@@ -34,6 +34,10 @@ use tokio::sync::{oneshot, watch};
 /// Header bytes a publish adds to the payload besides the message id (`NATS/1.0`, the
 /// `Nats-Msg-Id` name, line ends), rounded up.
 const HEADER_OVERHEAD: usize = 32;
+/// The largest message a JetStream file-store stream holds, whatever `max_payload` says: the
+/// server refuses bigger records ("message too large", error code 10077) at 32 MiB including
+/// subject and headers.
+const FILE_STORE_MAX: usize = (32 << 20) - (8 << 10);
 
 type AckFuture = Pin<
     Box<
@@ -95,7 +99,11 @@ impl Publisher {
     fn limit(&self, stream_limit: Option<usize>) -> (usize, &'static str) {
         let server = self.js.client().max_payload();
         match stream_limit {
-            Some(s) if s < server => (s, "the stream's max_msg_size"),
+            Some(s) if s < server.min(FILE_STORE_MAX) => (s, "the stream's max_msg_size"),
+            _ if server > FILE_STORE_MAX => (
+                FILE_STORE_MAX,
+                "JetStream's largest file-store message, 32 MiB",
+            ),
             _ => (server, "the NATS server's max_payload"),
         }
     }
