@@ -110,8 +110,11 @@ fn config(nats: &str, port: Option<u16>, pipeline: &str, extra: &str, body: &str
 
 const PG_TABLE: &str = "CREATE TABLE big (id int PRIMARY KEY, note text, data bytea)";
 
-/// Inserts rows `(id, note, data)` into the Postgres `big` table, one transaction each.
-async fn pg_insert(db: &str, rows: &[(i32, Option<String>, Option<Vec<u8>>)]) {
+/// A row of `big`: `(id, note, data)`.
+type BigRow = (i32, Option<String>, Option<Vec<u8>>);
+
+/// Inserts rows into the Postgres `big` table, one transaction each.
+async fn pg_insert(db: &str, rows: &[BigRow]) {
     let c = pg_connect(db).await;
     for (id, note, data) in rows {
         c.execute(
@@ -180,7 +183,13 @@ async fn big_rows_reach_both_sinks_with_default_settings() {
         pg_sink("pg", &pg_dst),
         mysql_url(&my_dst)
     );
-    let mut daemon = Daemon::start(&config(NATS, None, &pipeline, "", &(pg_source(&src) + &sinks)));
+    let mut daemon = Daemon::start(&config(
+        NATS,
+        None,
+        &pipeline,
+        "",
+        &(pg_source(&src) + &sinks),
+    ));
     pg_insert(
         &src,
         &[
@@ -198,7 +207,11 @@ async fn big_rows_reach_both_sinks_with_default_settings() {
     wait_rows("mariadb sink", &want, &daemon, || my_rows(&my_dst)).await;
     // The 20 MiB row went through the object store (the shared server's max_payload is 8 MB).
     let logs = daemon.logs();
-    assert!(logs.contains("stored in the object store"), "{}", tail(&logs));
+    assert!(
+        logs.contains("stored in the object store"),
+        "{}",
+        tail(&logs)
+    );
     assert_eq!(daemon.terminate().await, 0);
     cleanup(&js().await, &pipeline, &[&src, &pg_dst], &[&my_dst]).await;
 }
@@ -259,7 +272,10 @@ impl Oversized {
     }
 
     async fn metric(&self) -> f64 {
-        let body = http_get(self.port, "/metrics").await.map(|r| r.1).unwrap_or_default();
+        let body = http_get(self.port, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
         body.lines()
             .find(|l| {
                 l.starts_with("tidemark_oversize_events_total{")
@@ -276,7 +292,10 @@ async fn oversize_halt_stops_the_source_with_a_definite_error() {
     let t = oversized("halt").await;
     let first = vec![t.want[0].clone()];
     let dst = t.dst.clone();
-    wait_rows("row before the big one", &first, &t.daemon, || pg_rows(&dst, "big")).await;
+    wait_rows("row before the big one", &first, &t.daemon, || {
+        pg_rows(&dst, "big")
+    })
+    .await;
     let port = t.port;
     let halted = wait_until(Duration::from_secs(60), || async {
         t.daemon.logs().contains("event too large for NATS")
@@ -300,7 +319,11 @@ async fn oversize_halt_stops_the_source_with_a_definite_error() {
     }
     assert!(t.metric().await >= 1.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(pg_rows(&t.dst, "big").await, first, "nothing after the halt is applied");
+    assert_eq!(
+        pg_rows(&t.dst, "big").await,
+        first,
+        "nothing after the halt is applied"
+    );
     t.finish().await;
 }
 
@@ -309,7 +332,13 @@ async fn oversize_dead_letter_publishes_a_marker_and_moves_on() {
     let t = oversized("dead_letter").await;
     let want = vec![t.want[0].clone(), t.want[2].clone()];
     let dst = t.dst.clone();
-    wait_rows("rows around the dead-lettered one", &want, &t.daemon, || pg_rows(&dst, "big")).await;
+    wait_rows(
+        "rows around the dead-lettered one",
+        &want,
+        &t.daemon,
+        || pg_rows(&dst, "big"),
+    )
+    .await;
     assert_eq!(t.metric().await, 1.0);
     // The marker: on <prefix>.<pipeline>.oversize, with the header, the key, no row data.
     let js = async_nats::jetstream::new(async_nats::connect(t.nats.url()).await.unwrap());
@@ -354,7 +383,11 @@ async fn oversize_reference_from_a_mariadb_longblob() {
         .await
         .unwrap();
     pg_create_db(&dst).await;
-    pg_connect(&dst).await.batch_execute(PG_TABLE).await.unwrap();
+    pg_connect(&dst)
+        .await
+        .batch_execute(PG_TABLE)
+        .await
+        .unwrap();
     let source = format!(
         "  [pipelines.source]\n  kind = \"mysql\"\n  url = \"{}\"\n  tables = [\"{src}.*\"]\n  server_id = {}\n  heartbeat_secs = 2\n",
         mysql_url(&src),
@@ -363,12 +396,18 @@ async fn oversize_reference_from_a_mariadb_longblob() {
     let sink = pg_sink("pg", &dst) + "  schema = \"public\"\n";
     let mut daemon = Daemon::start(&config(&nats.url(), None, &pipeline, "", &(source + &sink)));
     for (id, data) in [(1, vec![1u8]), (2, blob(1 << 20, 9)), (3, vec![3u8])] {
-        c.exec_drop("INSERT INTO big (id, note, data) VALUES (?, 'n', ?)", (id, data))
-            .await
-            .unwrap();
+        c.exec_drop(
+            "INSERT INTO big (id, note, data) VALUES (?, 'n', ?)",
+            (id, data),
+        )
+        .await
+        .unwrap();
     }
     let want = my_rows(&src).await;
-    wait_rows("mariadb → postgres", &want, &daemon, || pg_rows(&dst, "big")).await;
+    wait_rows("mariadb → postgres", &want, &daemon, || {
+        pg_rows(&dst, "big")
+    })
+    .await;
     let _ = c.disconnect().await;
     assert_eq!(daemon.terminate().await, 0);
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());

@@ -7,10 +7,10 @@ mod common;
 mod e2e;
 mod large_rows;
 mod mysql_sink;
-#[path = "common/nats_small.rs"]
-mod nats_small;
 mod mysql_source;
 mod nats_compat;
+#[path = "common/nats_small.rs"]
+mod nats_small;
 mod pg_sink;
 mod pg_source;
 mod pg_types;

@@ -550,7 +550,10 @@ mod tests {
             ("dead_letter", Oversize::DeadLetter),
             ("reference", Oversize::Reference),
         ] {
-            let with = base.replace("name = \"p\"\n", &format!("name = \"p\"\noversize = \"{text}\"\n"));
+            let with = base.replace(
+                "name = \"p\"\n",
+                &format!("name = \"p\"\noversize = \"{text}\"\n"),
+            );
             let c: Config = toml::from_str(&with).unwrap();
             assert_eq!(c.pipelines[0].oversize, want);
             assert_eq!(want.as_str(), text);

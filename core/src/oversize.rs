@@ -95,7 +95,10 @@ impl Head {
     }
 
     fn field(&self, name: &str) -> &str {
-        self.source.get(name).and_then(|v| v.as_str()).unwrap_or("?")
+        self.source
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
     }
 
     fn table(&self) -> String {
@@ -431,7 +434,9 @@ pub async fn resolve(js: &jetstream::Context, marker: &Marker) -> Result<Bytes, 
     let mut buf = Vec::with_capacity(obj.info().size);
     tokio::io::AsyncReadExt::read_to_end(&mut obj, &mut buf)
         .await
-        .map_err(|e| ResolveError::Nats(format!("reading object {object} in bucket {bucket}: {e}")))?;
+        .map_err(|e| {
+            ResolveError::Nats(format!("reading object {object} in bucket {bucket}: {e}"))
+        })?;
     Ok(Bytes::from(buf))
 }
 

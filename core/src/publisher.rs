@@ -211,7 +211,9 @@ impl Publisher {
         }
         let (limit, what) = self.limit(stream_limit);
         let r = self.oversize.handle(&msg, size, limit, what).await?;
-        let publish = PublishMessage::build().headers(r.headers).payload(r.payload);
+        let publish = PublishMessage::build()
+            .headers(r.headers)
+            .payload(r.payload);
         self.js.send_publish(r.subject, publish).await.map_err(|e| {
             Failure::transient(
                 "publish",

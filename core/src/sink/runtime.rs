@@ -889,3 +889,18 @@ impl<W: SinkWriter> Session<'_, W> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_budget_holds_one_whole_message() {
+        // Default server (1 MB), no stream limit: the 4 MiB floor.
+        assert_eq!(fetch_bytes(-1, 1 << 20), FETCH_BYTES);
+        // A raised max_payload: one whole message of that size, plus room for headers.
+        assert_eq!(fetch_bytes(0, 8 << 20), (8 << 20) + FETCH_SLACK);
+        // A stream that accepts more than this server (another server published it).
+        assert_eq!(fetch_bytes(64 << 20, 8 << 20), (64 << 20) + FETCH_SLACK);
+    }
+}
