@@ -203,7 +203,7 @@ async fn source_once(
     let state = StateStore::open(&js, &nats.state_bucket, nats.replicas)
         .await
         .map_err(Failure::from_err)?;
-    let publisher = Publisher::new(js, nats.publish_window, &p.name);
+    let publisher = Publisher::new(js, nats.publish_window, &p.name).oversize(p, nats);
     match p.source.kind {
         SourceKind::Postgres => {
             drive::<tidemark_postgres_source::PostgresSource>(

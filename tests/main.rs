@@ -9,9 +9,12 @@ mod config_errors;
 mod e2e;
 mod mysql_edge_values;
 mod json_values;
+mod large_rows;
 mod mysql_sink;
 mod mysql_source;
 mod nats_compat;
+#[path = "common/nats_small.rs"]
+mod nats_small;
 mod pg_sink;
 mod pg_source;
 mod pg_types;

@@ -243,6 +243,37 @@ pub struct PipelineConfig {
     /// The sinks fed from this pipeline's stream.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// What the source does with an event larger than the NATS server's `max_payload`:
+    /// `reference` (default), `dead_letter` or `halt`.
+    #[serde(default)]
+    pub oversize: Oversize,
+}
+
+/// What happens to an event whose envelope is larger than NATS accepts in one message
+/// (the server's `max_payload`, or the stream's `max_msg_size` when that is smaller).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// Store the whole envelope in the pipeline's JetStream object store bucket and publish a
+    /// small reference that sinks resolve (default): nothing is lost, nothing stops.
+    #[default]
+    Reference,
+    /// Publish a small marker without the row data to `<prefix>.<pipeline>.oversize`, count
+    /// and log it, and go on; sinks skip the change.
+    DeadLetter,
+    /// Stop the source at the event with a definite error naming table, key, size and limit.
+    Halt,
+}
+
+impl Oversize {
+    /// The configuration spelling (`reference`, `dead_letter`, `halt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Oversize::Reference => "reference",
+            Oversize::DeadLetter => "dead_letter",
+            Oversize::Halt => "halt",
+        }
+    }
 }
 
 fn default_subject_prefix() -> String {
@@ -578,6 +609,29 @@ mod tests {
         assert!(!e.contains("Pw_s3cret"), "{e}");
         n.url = "nats://a:4222,".into();
         assert!(n.server_addrs().is_err());
+    }
+
+    #[test]
+    fn oversize_policy_parses_and_defaults_to_reference() {
+        let base = "[[pipelines]]\nname = \"p\"\n[pipelines.source]\nkind = \"postgres\"\nurl = \"postgres://h/d\"\n";
+        let c: Config = toml::from_str(base).unwrap();
+        assert_eq!(c.pipelines[0].oversize, Oversize::Reference);
+        for (text, want) in [
+            ("halt", Oversize::Halt),
+            ("dead_letter", Oversize::DeadLetter),
+            ("reference", Oversize::Reference),
+        ] {
+            let with = base.replace(
+                "name = \"p\"\n",
+                &format!("name = \"p\"\noversize = \"{text}\"\n"),
+            );
+            let c: Config = toml::from_str(&with).unwrap();
+            assert_eq!(c.pipelines[0].oversize, want);
+            assert_eq!(want.as_str(), text);
+        }
+        let bad = base.replace("name = \"p\"\n", "name = \"p\"\noversize = \"drop\"\n");
+        let e = toml::from_str::<Config>(&bad).unwrap_err().to_string();
+        assert!(e.contains("oversize") || e.contains("reference"), "{e}");
     }
 
     #[test]

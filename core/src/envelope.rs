@@ -280,6 +280,9 @@ pub struct OutMessage {
     pub payload: Bytes,
 }
 
+/// Envelopes above this size move their buffer out of the encoder instead of copying it.
+const LARGE_ENVELOPE: usize = 256 << 10;
+
 /// Streams envelopes into a reused buffer.
 #[derive(Debug, Default)]
 pub struct Encoder {
@@ -352,10 +355,17 @@ impl Encoder {
         out.extend_from_slice(b",\"ts_ms\":");
         out.extend_from_slice(itoa::Buffer::new().format(now_ms).as_bytes());
         out.push(b'}');
+        // A large envelope hands its buffer over instead of being copied (and instead of the
+        // encoder keeping megabytes of capacity for the rows that follow).
+        let payload = if out.len() > LARGE_ENVELOPE {
+            Bytes::from(std::mem::take(out))
+        } else {
+            Bytes::copy_from_slice(out)
+        };
         OutMessage {
             subject: change.table.subject.clone(),
             id,
-            payload: Bytes::copy_from_slice(out),
+            payload,
         }
     }
 }

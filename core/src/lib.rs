@@ -16,6 +16,7 @@ pub mod health;
 pub mod json_text;
 pub mod metrics;
 pub mod nats;
+pub mod oversize;
 pub mod position;
 pub mod publisher;
 pub mod redact;

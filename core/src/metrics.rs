@@ -36,6 +36,8 @@ pub const SNAPSHOT_ROWS_ESTIMATED: &str = "tidemark_snapshot_rows_estimated";
 pub const BUILD_INFO: &str = "tidemark_build_info";
 /// Events sent to a sink's dead-letter subject (`pipeline`, `sink`).
 pub const SINK_DEAD_LETTERS: &str = "tidemark_sink_dead_letters_total";
+/// Events larger than NATS accepts, handled by the pipeline's `oversize` policy (`pipeline`).
+pub const OVERSIZE_EVENTS: &str = "tidemark_oversize_events_total";
 
 /// Non-NULL source values emitted as something else because they have no canonical form, such
 /// as MySQL zero dates emitted as `null` (`pipeline`, `table`, `column`, `kind`).
@@ -114,6 +116,10 @@ pub fn describe() {
         SOURCE_VALUES_SUBSTITUTED,
         "Source values without a canonical form (MySQL zero dates), emitted as null."
     );
+    describe_counter!(
+        OVERSIZE_EVENTS,
+        "Events larger than the NATS server accepts, handled by the oversize policy."
+    );
     describe_gauge!(
         COMPONENT_READY,
         "1 while a source or sink is ready (what /readyz reports), else 0."
@@ -131,6 +137,7 @@ pub const OPS: [&str; 5] = ["c", "u", "d", "r", "t"];
 pub fn register_source(pipeline: &str, exact_tables: &[String]) {
     let p = pipeline.to_owned();
     metrics::counter!(PUBLISHED_EVENTS, L_PIPELINE => p.clone()).increment(0);
+    metrics::counter!(OVERSIZE_EVENTS, L_PIPELINE => p.clone()).increment(0);
     metrics::gauge!(SOURCE_LAG, L_PIPELINE => p.clone()).increment(0.0);
     metrics::gauge!(SOURCE_SLOT_LAG, L_PIPELINE => p.clone()).increment(0.0);
     let _ = metrics::histogram!(PUBLISH_LATENCY, L_PIPELINE => p.clone());

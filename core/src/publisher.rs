@@ -9,18 +9,35 @@
 //! restarts the source from its durable checkpoint and the re-sent events are
 //! absorbed by the `Nats-Msg-Id` duplicate window. (The supervisor counts the
 //! failure in `tidemark_errors_total`; nothing here counts it twice.)
+//!
+//! An envelope larger than NATS accepts (the server's `max_payload`, or the
+//! stream's `max_msg_size` when smaller) is never sent: it can only fail, and
+//! retrying it would stop the pipeline for good. It goes to the pipeline's
+//! `oversize` policy instead ([`crate::oversize`]), which returns a small
+//! replacement to publish in its place or a definite error. An envelope's
+//! bytes stay reserved in the outbox budget until its ack arrives.
 
+use crate::config::{NatsConfig, PipelineConfig};
 use crate::error::Failure;
 use crate::metrics as m;
-use crate::source::Outgoing;
-use async_nats::jetstream::context::PublishAckFuture;
+use crate::oversize::OversizeHandler;
+use crate::source::{Inbox, Outgoing};
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
+
+/// Header bytes a publish adds to the payload besides the message id (`NATS/1.0`, the
+/// `Nats-Msg-Id` name, line ends), rounded up.
+const HEADER_OVERHEAD: usize = 32;
+/// The largest message a JetStream file-store stream holds, whatever `max_payload` says: the
+/// server refuses bigger records ("message too large", error code 10077) at 32 MiB including
+/// subject and headers.
+const FILE_STORE_MAX: usize = (32 << 20) - (8 << 10);
 
 type AckFuture = Pin<
     Box<
@@ -30,7 +47,12 @@ type AckFuture = Pin<
 >;
 
 enum InFlight<C> {
-    Ack { fut: AckFuture, started: Instant },
+    Ack {
+        fut: AckFuture,
+        started: Instant,
+        /// Envelope bytes to give back to the outbox budget once acknowledged.
+        bytes: usize,
+    },
     Checkpoint(C),
     Flush(oneshot::Sender<()>),
 }
@@ -40,24 +62,59 @@ pub struct Publisher {
     js: async_nats::jetstream::Context,
     window: usize,
     pipeline: String,
+    /// The pipeline's stream, to read its `max_msg_size` (unknown: the server limit only).
+    stream: Option<String>,
+    oversize: OversizeHandler,
 }
 
 impl Publisher {
-    /// A publisher with at most `window` unacknowledged publishes.
+    /// A publisher with at most `window` unacknowledged publishes. An envelope larger than
+    /// NATS accepts halts it with a definite error unless [`Publisher::oversize`] says otherwise.
     pub fn new(js: async_nats::jetstream::Context, window: usize, pipeline: &str) -> Publisher {
         Publisher {
+            oversize: OversizeHandler::halting(js.clone(), pipeline),
             js,
             window: window.max(1),
             pipeline: pipeline.to_owned(),
+            stream: None,
+        }
+    }
+
+    /// Applies pipeline `p`'s `oversize` policy and its stream's `max_msg_size`.
+    pub fn oversize(mut self, p: &PipelineConfig, nats: &NatsConfig) -> Publisher {
+        self.oversize = OversizeHandler::new(self.js.clone(), p, nats);
+        self.stream = Some(p.stream_name());
+        self
+    }
+
+    /// The stream's `max_msg_size`, when it sets one.
+    async fn stream_limit(&self) -> Option<usize> {
+        let name = self.stream.as_deref()?;
+        let stream = self.js.get_stream(name).await.ok()?;
+        let max = stream.cached_info().config.max_message_size;
+        usize::try_from(max).ok().filter(|&m| m > 0)
+    }
+
+    /// The size limit in effect and what it is, for messages.
+    fn limit(&self, stream_limit: Option<usize>) -> (usize, &'static str) {
+        let server = self.js.client().max_payload();
+        match stream_limit {
+            Some(s) if s < server.min(FILE_STORE_MAX) => (s, "the stream's max_msg_size"),
+            _ if server > FILE_STORE_MAX => (
+                FILE_STORE_MAX,
+                "JetStream's largest file-store message, 32 MiB",
+            ),
+            _ => (server, "the NATS server's max_payload"),
         }
     }
 
     /// Runs until the outbox closes (then returns `Ok` after the last ack) or a publish fails.
     pub async fn run<C>(
-        self,
-        mut rx: mpsc::Receiver<Outgoing<C>>,
+        mut self,
+        mut rx: Inbox<C>,
         acked: watch::Sender<Option<C>>,
     ) -> Result<(), Failure> {
+        let stream_limit = self.stream_limit().await;
         let published =
             metrics::counter!(m::PUBLISHED_EVENTS, m::L_PIPELINE => self.pipeline.clone());
         let latency =
@@ -86,7 +143,7 @@ impl Publisher {
             }
             let can_receive = !closed && acks_in_flight < self.window;
             let front_ack = match queue.front_mut() {
-                Some(InFlight::Ack { fut, started }) => Some((fut, *started)),
+                Some(InFlight::Ack { fut, started, .. }) => Some((fut, *started)),
                 _ => None,
             };
             let has_ack = front_ack.is_some();
@@ -105,22 +162,19 @@ impl Publisher {
                     latency.record(started.elapsed().as_secs_f64());
                     published.increment(1);
                     acks_in_flight -= 1;
-                    queue.pop_front();
+                    if let Some(InFlight::Ack { bytes, .. }) = queue.pop_front() {
+                        rx.release(bytes);
+                    }
                 }
-                item = rx.recv(), if can_receive => match item {
+                item = rx.recv_held(), if can_receive => match item {
                     None => closed = true,
                     Some(Outgoing::Event(msg)) => {
-                        let publish = PublishMessage::build().message_id(msg.id).payload(msg.payload);
-                        let ack: PublishAckFuture = self
-                            .js
-                            .send_publish(msg.subject, publish)
-                            .await
-                            .map_err(|e| {
-                                Failure::transient("publish", format!("publishing to JetStream failed: {e}"))
-                            })?;
+                        let bytes = msg.payload.len();
+                        let ack = self.publish(msg, stream_limit).await?;
                         queue.push_back(InFlight::Ack {
                             fut: Box::pin(ack.into_future()),
                             started: Instant::now(),
+                            bytes,
                         });
                         acks_in_flight += 1;
                     }
@@ -129,5 +183,42 @@ impl Publisher {
                 },
             }
         }
+    }
+
+    /// Sends one envelope, or what the oversize policy puts in its place.
+    async fn publish(
+        &mut self,
+        msg: crate::envelope::OutMessage,
+        stream_limit: Option<usize>,
+    ) -> Result<PublishAckFuture, Failure> {
+        let (limit, _) = self.limit(stream_limit);
+        let size = msg.payload.len() + msg.id.len() + HEADER_OVERHEAD;
+        if size <= limit {
+            let publish = PublishMessage::build()
+                .message_id(&msg.id)
+                .payload(msg.payload.clone());
+            match self.js.send_publish(msg.subject.clone(), publish).await {
+                Ok(ack) => return Ok(ack),
+                // The server we reconnected to may accept less than the one before.
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {}
+                Err(e) => {
+                    return Err(Failure::transient(
+                        "publish",
+                        format!("publishing to JetStream failed: {e}"),
+                    ))
+                }
+            }
+        }
+        let (limit, what) = self.limit(stream_limit);
+        let r = self.oversize.handle(&msg, size, limit, what).await?;
+        let publish = PublishMessage::build()
+            .headers(r.headers)
+            .payload(r.payload);
+        self.js.send_publish(r.subject, publish).await.map_err(|e| {
+            Failure::transient(
+                "publish",
+                format!("publishing an oversize replacement to JetStream failed: {e}"),
+            )
+        })
     }
 }

@@ -11,6 +11,13 @@
 //! checkpoint token. The publisher hands a token back on `acked` only once
 //! JetStream acknowledged every event sent before it. The source may make a
 //! position durable (slot feedback, KV checkpoint) only from `acked`.
+//!
+//! The outbox is bounded twice: by a number of items and by the bytes of the
+//! envelopes between the source and JetStream's ack ([`OUTBOX_BYTES`]). The
+//! byte bound is what keeps memory small when rows are large: a count alone
+//! would let thousands of multi-megabyte envelopes pile up behind a slow
+//! JetStream. An envelope larger than the whole budget waits until everything
+//! before it is acknowledged and then travels alone.
 
 use crate::config::PipelineConfig;
 use crate::envelope::{Naming, OutMessage};
@@ -18,7 +25,8 @@ use crate::error::Failure;
 use crate::health::Health;
 use crate::state::StateStore;
 use std::future::Future;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// What a source hands to the publisher.
@@ -33,18 +41,59 @@ pub enum Outgoing<C> {
     Flush(oneshot::Sender<()>),
 }
 
-/// The sending half a source writes to. Bounded: a slow JetStream slows the source down
-/// instead of growing memory.
+/// Envelope bytes allowed between a source and JetStream's acks (sent to the outbox but not
+/// yet acknowledged).
+pub const OUTBOX_BYTES: usize = 32 << 20;
+
+/// Budget units an envelope of `len` bytes takes: its size, at most the whole budget.
+fn credits(len: usize) -> u32 {
+    len.min(OUTBOX_BYTES) as u32
+}
+
+/// The sending half a source writes to. Bounded by items and by bytes: a slow JetStream slows
+/// the source down instead of growing memory.
 #[derive(Debug)]
 pub struct Outbox<C> {
     tx: mpsc::Sender<Outgoing<C>>,
+    bytes: Arc<Semaphore>,
 }
 
 impl<C> Clone for Outbox<C> {
     fn clone(&self) -> Self {
         Outbox {
             tx: self.tx.clone(),
+            bytes: self.bytes.clone(),
         }
+    }
+}
+
+/// The receiving half of an outbox. [`Inbox::recv`] releases an envelope's bytes at once; the
+/// publisher holds them until JetStream acknowledged the envelope ([`Inbox::recv_held`] and
+/// [`Inbox::release`]).
+#[derive(Debug)]
+pub struct Inbox<C> {
+    rx: mpsc::Receiver<Outgoing<C>>,
+    bytes: Arc<Semaphore>,
+}
+
+impl<C> Inbox<C> {
+    /// The next item; `None` once every outbox is dropped and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Outgoing<C>> {
+        let item = self.rx.recv().await;
+        if let Some(Outgoing::Event(msg)) = &item {
+            self.release(msg.payload.len());
+        }
+        item
+    }
+
+    /// The next item, keeping an event's bytes reserved until [`Inbox::release`].
+    pub(crate) async fn recv_held(&mut self) -> Option<Outgoing<C>> {
+        self.rx.recv().await
+    }
+
+    /// Returns the budget of an envelope of `len` bytes (after its ack).
+    pub(crate) fn release(&self, len: usize) {
+        self.bytes.add_permits(credits(len) as usize);
     }
 }
 
@@ -54,18 +103,33 @@ impl<C> Clone for Outbox<C> {
 pub struct PublisherGone;
 
 impl<C> Outbox<C> {
-    /// A bounded outbox and its receiving end.
-    pub fn channel(capacity: usize) -> (Outbox<C>, mpsc::Receiver<Outgoing<C>>) {
+    /// A bounded outbox (`capacity` items, [`OUTBOX_BYTES`] bytes) and its receiving end.
+    pub fn channel(capacity: usize) -> (Outbox<C>, Inbox<C>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (Outbox { tx }, rx)
+        let bytes = Arc::new(Semaphore::new(OUTBOX_BYTES));
+        (
+            Outbox {
+                tx,
+                bytes: bytes.clone(),
+            },
+            Inbox { rx, bytes },
+        )
     }
 
-    /// Sends one envelope.
+    /// Sends one envelope; waits while the envelopes not yet acknowledged use the byte budget.
     pub async fn event(&self, msg: OutMessage) -> Result<(), PublisherGone> {
+        let permit = self
+            .bytes
+            .acquire_many(credits(msg.payload.len()))
+            .await
+            .map_err(|_| PublisherGone)?;
         self.tx
             .send(Outgoing::Event(msg))
             .await
-            .map_err(|_| PublisherGone)
+            .map_err(|_| PublisherGone)?;
+        // Given back by the receiver (after the ack), not when this guard goes.
+        permit.forget();
+        Ok(())
     }
 
     /// Marks a transaction boundary.

@@ -24,14 +24,15 @@ pub(crate) const MAX_ACK_PENDING: i64 = 20_000;
 /// anyway.
 const ACK_WAIT: Duration = Duration::from_secs(300);
 
-/// Finds the stream and returns a durable consumer positioned right after `stored`.
+/// Finds the stream and returns a durable consumer positioned right after `stored`, with the
+/// stream's `max_msg_size` (0 or less: none).
 pub(crate) async fn prepare(
     js: &Context,
     stream_name: &str,
     consumer_name: &str,
     filter: &str,
     stored: Option<&Offset>,
-) -> Result<PullConsumer, SinkError> {
+) -> Result<(PullConsumer, i64), SinkError> {
     let nats = |what: &'static str, e: &dyn std::fmt::Display| SinkError::Nats {
         what,
         message: format!("stream {stream_name}, consumer {consumer_name}: {e}"),
@@ -45,12 +46,9 @@ pub(crate) async fn prepare(
             "stream {stream_name}: {e} (the source creates it; is the pipeline's source running?)"
         ),
         })?;
-    let state = stream
-        .info()
-        .await
-        .map_err(|e| nats("stream info", &e))?
-        .state
-        .clone();
+    let info = stream.info().await.map_err(|e| nats("stream info", &e))?;
+    let max_msg_size = i64::from(info.config.max_message_size);
+    let state = info.state.clone();
     let stored_seq = stored.map_or(0, |o| o.stream_seq);
     let deliver = if stored_seq == 0 {
         DeliverPolicy::All
@@ -94,6 +92,7 @@ pub(crate) async fn prepare(
                 return stream
                     .get_consumer(consumer_name)
                     .await
+                    .map(|c| (c, max_msg_size))
                     .map_err(|e| nats("get consumer", &e));
             }
             tracing::info!(
@@ -127,5 +126,6 @@ pub(crate) async fn prepare(
     stream
         .create_consumer(config)
         .await
+        .map(|c| (c, max_msg_size))
         .map_err(|e| nats("create consumer", &e))
 }

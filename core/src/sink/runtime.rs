@@ -42,8 +42,25 @@ use std::time::{Duration, Instant};
 
 /// Messages requested per pull (the client asks for more when half are consumed).
 const FETCH_BATCH: usize = 2000;
-/// Bytes requested per pull: bounds prefetched memory when envelopes are large.
+/// Bytes requested per pull at least: bounds prefetched memory when envelopes are large.
+/// The budget grows to one whole message of the largest size the stream accepts (see
+/// [`fetch_bytes`]): a pull whose byte budget is below the next message's size never
+/// delivers that message, and the sink would stall without an error.
 const FETCH_BYTES: usize = 4 << 20;
+/// Room for the subject, reply subject and headers the server counts beside the payload.
+const FETCH_SLACK: usize = 64 << 10;
+
+/// The byte budget of one pull: at least one whole message of the largest size the stream
+/// can hold (the stream's `max_msg_size`, or the server's `max_payload`, whichever is larger,
+/// since a message may have come through a server with a higher limit), and never below
+/// [`FETCH_BYTES`].
+pub(crate) fn fetch_bytes(stream_max_msg_size: i64, server_max_payload: usize) -> usize {
+    let stream = usize::try_from(stream_max_msg_size).unwrap_or(0);
+    stream
+        .max(server_max_payload)
+        .saturating_add(FETCH_SLACK)
+        .max(FETCH_BYTES)
+}
 /// Inside an open source transaction, acknowledge early (flow control) once this many
 /// messages are unacknowledged. Must stay well below the consumer's max_ack_pending.
 const FLOW_ACK: usize = (MAX_ACK_PENDING as usize) / 4;
@@ -253,7 +270,7 @@ async fn session<W: SinkWriter>(ctx: &SinkContext, shared: &mut Shared) -> Resul
     let stored = guarded(ctx, writer.read_offset()).await?.map_err(target)?;
     let consumer_name = subject::consumer_name(&ctx.pipeline.name, &ctx.sink.name);
     let filter = subject::pipeline_wildcard(&ctx.pipeline.subject_prefix, &ctx.pipeline.name);
-    let consumer = consumer::prepare(
+    let (consumer, max_msg_size) = consumer::prepare(
         &ctx.js,
         &ctx.pipeline.stream_name(),
         &consumer_name,
@@ -261,10 +278,11 @@ async fn session<W: SinkWriter>(ctx: &SinkContext, shared: &mut Shared) -> Resul
         stored.as_ref(),
     )
     .await?;
+    let fetch = fetch_bytes(max_msg_size, ctx.js.client().max_payload());
     let messages = consumer
         .stream()
         .max_messages_per_batch(FETCH_BATCH)
-        .max_bytes_per_batch(FETCH_BYTES)
+        .max_bytes_per_batch(fetch)
         .expires(Duration::from_secs(30))
         .heartbeat(Duration::from_secs(5))
         .messages()
@@ -278,6 +296,7 @@ async fn session<W: SinkWriter>(ctx: &SinkContext, shared: &mut Shared) -> Resul
         sink = %ctx.sink.name,
         consumer = %consumer_name,
         pos = stored.as_ref().and_then(|o| o.pos.as_deref()).unwrap_or("-"),
+        fetch_bytes = fetch,
         stream_seq = stored.as_ref().map_or(0, |o| o.stream_seq),
         isolating_through = shared.isolate_through.unwrap_or(0),
         "sink session started"
@@ -467,7 +486,23 @@ impl<W: SinkWriter> Session<'_, W> {
             self.push_ack(reply);
             return self.after_message().await;
         }
-        let env = match self.parser.parse(&msg.payload) {
+        let policy = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::oversize::OVERSIZE_HEADER))
+            .map(|v| v.as_str().to_owned());
+        let resolved = match policy {
+            None => None,
+            Some(policy) => match self.oversize(seq, &msg, &policy).await? {
+                Some(payload) => Some(payload),
+                None => {
+                    self.push_ack(reply);
+                    return self.after_message().await;
+                }
+            },
+        };
+        let payload: &[u8] = resolved.as_deref().unwrap_or(&msg.payload);
+        let env = match self.parser.parse(payload) {
             Ok(env) => env,
             Err(e) => {
                 let error = format!("not a valid envelope: {e}");
@@ -534,6 +569,67 @@ impl<W: SinkWriter> Session<'_, W> {
         }
         self.push_ack(reply);
         self.after_message().await
+    }
+
+    /// A message the source's `oversize` policy replaced. A reference: returns the envelope
+    /// fetched from the object store. A dead-letter marker (or a reference that cannot be
+    /// resolved under `on_error = "dead_letter"`): the change is skipped like an event of an
+    /// unselected table (its transaction end still counts) and `None` is returned.
+    async fn oversize(
+        &mut self,
+        seq: u64,
+        msg: &async_nats::jetstream::Message,
+        policy: &str,
+    ) -> Result<Option<bytes::Bytes>, SinkError> {
+        use crate::oversize::{self as ov, Marker, ResolveError};
+        let malformed = |message: String| SinkError::Malformed {
+            stream_seq: seq,
+            subject: msg.subject.to_string(),
+            message,
+        };
+        let marker = Marker::parse(&msg.payload)
+            .map_err(|e| malformed(format!("not a valid {policy} marker: {e}")))?;
+        let failed = if policy == ov::REFERENCE {
+            match ov::resolve(&self.ctx.js, &marker).await {
+                Ok(payload) => return Ok(Some(payload)),
+                Err(ResolveError::Nats(message)) => {
+                    return Err(SinkError::Nats {
+                        what: "fetch an oversize event",
+                        message,
+                    })
+                }
+                Err(ResolveError::Missing(message)) => {
+                    if self.ctx.sink.on_error == OnError::Halt {
+                        return Err(malformed(format!("unresolvable reference: {message}")));
+                    }
+                    m::error("sink", "oversize");
+                    self.dead_letter(seq, msg.subject.as_str(), &msg.payload, &message)
+                        .await?;
+                    Some(message)
+                }
+            }
+        } else {
+            None
+        };
+        let src = &marker.source;
+        if self.t.tx_switch(&src.tx.id) {
+            self.t.close_tx_before(seq);
+            if self.t.open && self.t.applied >= self.ctx.sink.batch_size {
+                self.commit().await?;
+            }
+        }
+        self.t.event(seq, false, &src.pos, &src.tx.id, src.tx.last);
+        tracing::warn!(
+            pipeline = %self.ctx.pipeline.name,
+            sink = %self.ctx.sink.name,
+            table = %format!("{}.{}", src.schema, src.table),
+            pos = %src.pos,
+            size = marker.oversize.size,
+            stream_seq = seq,
+            error = failed.as_deref().unwrap_or("-"),
+            "skipped a change the source could not publish (too large for NATS, oversize = {policy})"
+        );
+        Ok(None)
     }
 
     /// Applies one event on its own; `Ok(false)` when it was dead-lettered.
@@ -799,5 +895,20 @@ impl<W: SinkWriter> Session<'_, W> {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_budget_holds_one_whole_message() {
+        // Default server (1 MB), no stream limit: the 4 MiB floor.
+        assert_eq!(fetch_bytes(-1, 1 << 20), FETCH_BYTES);
+        // A raised max_payload: one whole message of that size, plus room for headers.
+        assert_eq!(fetch_bytes(0, 8 << 20), (8 << 20) + FETCH_SLACK);
+        // A stream that accepts more than this server (another server published it).
+        assert_eq!(fetch_bytes(64 << 20, 8 << 20), (64 << 20) + FETCH_SLACK);
     }
 }
