@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use async_nats::jetstream;
 use std::future::Future;
 use std::io::Read as _;
