@@ -9,6 +9,15 @@
 //! restarts the source from its durable checkpoint and the re-sent events are
 //! absorbed by the `Nats-Msg-Id` duplicate window. (The supervisor counts the
 //! failure in `tidemark_errors_total`; nothing here counts it twice.)
+//!
+//! Order across a lost connection: when the connection to NATS breaks, a publish written to
+//! the dying socket is lost while the client re-sends what it still had buffered after it
+//! reconnects, so event k+1 could be stored without event k. Re-publishing k after a restart
+//! would then put it *behind* k+1 in the stream, and the sinks' position guard would skip it
+//! as a duplicate: a silent loss. So every publish after the first of a run carries
+//! `Nats-Expected-Last-Msg-Id` = the previous event's id: the server refuses k+1 when k is not
+//! the stream's last message, the run fails, and the source resends from its checkpoint in
+//! order. (A re-sent duplicate is acknowledged by the dedup window before that check.)
 
 use crate::error::Failure;
 use crate::metrics as m;
@@ -65,6 +74,8 @@ impl Publisher {
         let mut queue: VecDeque<InFlight<C>> = VecDeque::new();
         let mut acks_in_flight = 0usize;
         let mut closed = false;
+        // Message id of the previous publish of this run (see the module note).
+        let mut last_id: Option<String> = None;
         loop {
             // Hand back every checkpoint / flush whose predecessors are all acknowledged.
             while matches!(
@@ -99,9 +110,7 @@ impl Publisher {
                     }
                 }, if has_ack => {
                     let (result, started) = result;
-                    result.map_err(|e| {
-                        Failure::transient("publish", format!("JetStream did not acknowledge a publish: {e}"))
-                    })?;
+                    result.map_err(|e| ack_failure(&e))?;
                     latency.record(started.elapsed().as_secs_f64());
                     published.increment(1);
                     acks_in_flight -= 1;
@@ -110,7 +119,12 @@ impl Publisher {
                 item = rx.recv(), if can_receive => match item {
                     None => closed = true,
                     Some(Outgoing::Event(msg)) => {
-                        let publish = PublishMessage::build().message_id(msg.id).payload(msg.payload);
+                        let mut publish = PublishMessage::build().message_id(&msg.id);
+                        if let Some(prev) = &last_id {
+                            publish = publish.expected_last_message_id(prev);
+                        }
+                        let publish = publish.payload(msg.payload);
+                        last_id = Some(msg.id);
                         let ack: PublishAckFuture = self
                             .js
                             .send_publish(msg.subject, publish)
@@ -129,5 +143,62 @@ impl Publisher {
                 },
             }
         }
+    }
+}
+
+/// The failure for a publish JetStream did not acknowledge, with the cause in plain words.
+fn ack_failure(e: &async_nats::jetstream::context::PublishError) -> Failure {
+    use async_nats::jetstream::context::PublishErrorKind as K;
+    let detail = crate::error::display_chain(e);
+    match e.kind() {
+        K::WrongLastMessageId => Failure::transient(
+            "publish_order",
+            format!(
+                "JetStream refused a publish because the event before it is not in the stream \
+                 (lost on a broken connection, or another message came in between); resending \
+                 from the checkpoint in order: {detail}"
+            ),
+        ),
+        _ if is_storage_full(&detail) => Failure::transient(
+            "store_full",
+            format!(
+                "JetStream storage is full (server max_file_store or account limit reached); \
+                 the source waits and retries without losing anything, but nothing is published \
+                 until space is freed or the limit is raised: {detail}"
+            ),
+        ),
+        _ => Failure::transient(
+            "publish",
+            format!("JetStream did not acknowledge a publish: {detail}"),
+        ),
+    }
+}
+
+/// Whether a publish error says the JetStream store has no room (error codes 10047
+/// "insufficient storage resources", 10023 "insufficient resources", 10028 "maximum bytes
+/// exceeded").
+fn is_storage_full(text: &str) -> bool {
+    [
+        "10047",
+        "10023",
+        "10028",
+        "insufficient",
+        "storage resources",
+        "maximum bytes",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn storage_full_is_recognised() {
+        assert!(super::is_storage_full(
+            "publish failed: insufficient storage resources available (code 503, error code 10047)"
+        ));
+        assert!(!super::is_storage_full(
+            "timed out: didn't receive ack in time"
+        ));
     }
 }

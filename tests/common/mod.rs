@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod private_nats;
 pub mod proxy;
 
 use async_nats::jetstream;
