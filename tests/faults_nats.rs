@@ -97,7 +97,7 @@ async fn restart_mid_stream(version: NatsVersion) {
             tokio::time::sleep(Duration::from_secs(3)).await;
             finish(&p, writer, &mut daemon, Duration::from_secs(40)).await;
             assert!(
-                p.metric("tidemark_reconnects_total", &[]).await >= 0.0,
+                p.metric_any("tidemark_reconnects_total", &[]).await >= 0.0,
                 "metrics answer"
             );
             assert_no_errors(&daemon);
@@ -128,7 +128,7 @@ async fn nats_down_30s_then_back_mariadb_source() {
             assert!(p.wait_ready_code(200, Duration::from_secs(30)).await);
             let writer = Writer::start(&p, Load::default()).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let errors_before = p.metric("tidemark_errors_total", &[]).await;
+            let errors_before = p.metric_any("tidemark_errors_total", &[]).await;
             nats.stop().await;
             let down = Instant::now();
             // Not ready while NATS is away, naming both components.
@@ -144,8 +144,8 @@ async fn nats_down_30s_then_back_mariadb_source() {
                 daemon.logs()
             );
             tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
-            let errors_during = p.metric("tidemark_errors_total", &[]).await;
-            let reconnects = p.metric("tidemark_reconnects_total", &[]).await;
+            let errors_during = p.metric_any("tidemark_errors_total", &[]).await;
+            let reconnects = p.metric_any("tidemark_reconnects_total", &[]).await;
             assert!(
                 errors_during > errors_before,
                 "errors counted: {errors_before} → {errors_during}"
@@ -208,12 +208,16 @@ async fn partition(version: NatsVersion, half_open: bool) {
                 proxy.pass();
             }
             // Longer than the ping interval (2 s) times the allowed missed pongs.
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            assert!(
-                matches!(p.http("/readyz").await, Some((503, _))),
-                "not ready during the fault: {:?}",
-                p.http("/readyz").await
-            );
+            if half_open {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            } else {
+                let seen_503 = wait_until(Duration::from_secs(10), || async {
+                    matches!(p.http("/readyz").await, Some((503, _)))
+                })
+                .await;
+                assert!(seen_503, "not ready during the partition");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
             proxy.pass();
             assert!(
                 p.wait_ready_code(200, Duration::from_secs(45)).await,
@@ -269,12 +273,18 @@ async fn store_full(version: NatsVersion) {
             })
             .await;
             assert!(full, "no clear store-full log line:\n{}", daemon.logs());
-            let published = p.metric("tidemark_published_events_total", &[]).await;
+            // (The published counter counts re-sends acknowledged as duplicates too, so the
+            // stream itself is asked.)
+            let last_seq = || async {
+                let mut s = nats.js().await.get_stream(p.stream()).await.unwrap();
+                s.info().await.unwrap().state.last_sequence
+            };
+            let before = last_seq().await;
             tokio::time::sleep(Duration::from_secs(4)).await;
             assert_eq!(
-                p.metric("tidemark_published_events_total", &[]).await,
-                published,
-                "nothing is published while the store is full"
+                last_seq().await,
+                before,
+                "nothing is stored while the store is full"
             );
             assert!(
                 matches!(p.http("/readyz").await, Some((503, body)) if body.contains("/source"))
@@ -298,4 +308,145 @@ async fn store_full(version: NatsVersion) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_store_full_stalls_and_resumes_2_15() {
     store_full(NatsVersion::Current).await;
+}
+
+/// The documented recovery ("JetStream stream lost"): stop everything, reset the sinks'
+/// offsets, truncate their tables, drop the slot and the checkpoint, start again (initial
+/// snapshot) — the targets must then equal the source exactly.
+async fn recover(p: &Pipeline, nats: &PrivateNats) {
+    for s in &p.sinks {
+        let c = pg_connect(&s.db).await;
+        c.batch_execute(&format!(
+            "DELETE FROM tidemark_offsets WHERE pipeline = '{}' AND sink = '{}'; TRUNCATE items",
+            p.name, s.name
+        ))
+        .await
+        .unwrap();
+    }
+    p.drop_pg_slot().await;
+    let kv = nats
+        .js()
+        .await
+        .get_key_value("tidemark_state")
+        .await
+        .unwrap();
+    kv.purge(format!("source.{}", p.name)).await.unwrap();
+    let mut daemon = Daemon::start(&p.config(&nats.url(), FAST_PING, ""));
+    p.converge(Duration::from_secs(40), &daemon).await;
+    assert_eq!(daemon.terminate().await, 0);
+}
+
+/// The sinks are down while the stream is purged: on start the sink finds the messages it had
+/// not applied gone and halts with the recovery steps instead of carrying on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_purged_halts_the_sink_with_recovery_steps() {
+    use crate::common::faults::RoleDaemon;
+    let nats = PrivateNats::start(NatsVersion::Current, Limits::default()).await;
+    let p = Pipeline::create("flt_purge", Engine::Pg, &[("pg", Engine::Pg)]).await;
+    guarded(
+        async {
+            let config = p.config(&nats.url(), FAST_PING, "");
+            let sink_port = crate::common::private_nats::free_port();
+            let sink_config = config.replace(
+                &format!("127.0.0.1:{}", p.metrics_port),
+                &format!("127.0.0.1:{sink_port}"),
+            );
+            let mut sources = RoleDaemon::start(&config, "sources");
+            let mut sinks = RoleDaemon::start(&sink_config, "sinks");
+            let writer = Writer::start(&p, Load::default()).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            sinks.terminate().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            nats.js()
+                .await
+                .get_stream(p.stream())
+                .await
+                .unwrap()
+                .purge()
+                .await
+                .unwrap();
+            let applied_rows = Pipeline::rows(Engine::Pg, &p.sinks[0].db).await.len();
+            let mut sinks = RoleDaemon::start(&sink_config, "sinks");
+            let halted = wait_until(Duration::from_secs(20), || async {
+                sinks
+                    .logs()
+                    .contains("were removed before this sink applied them")
+            })
+            .await;
+            assert!(halted, "no stream-lost error:\n{}", sinks.logs());
+            let logs = sinks.logs();
+            let line = logs
+                .lines()
+                .find(|l| l.contains("were removed before this sink applied them"))
+                .unwrap();
+            assert!(line.contains(" ERROR "), "logged as an error: {line}");
+            for step in [
+                "DELETE FROM tidemark_offsets",
+                "re-snapshot",
+                "JetStream stream lost",
+            ] {
+                assert!(
+                    line.contains(step),
+                    "recovery step {step:?} missing: {line}"
+                );
+            }
+            let readyz = crate::common::faults::http_get(sink_port, "/readyz").await;
+            assert!(
+                matches!(&readyz, Some((503, body)) if body.contains("removed before this sink")),
+                "{readyz:?}"
+            );
+            // Halted: nothing after the gap is applied while the writer goes on.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert_eq!(
+                Pipeline::rows(Engine::Pg, &p.sinks[0].db).await.len(),
+                applied_rows,
+                "the sink went on past the gap"
+            );
+            writer.stop().await;
+            sinks.terminate().await;
+            sources.terminate().await;
+            recover(&p, &nats).await;
+        },
+        &p,
+    )
+    .await;
+}
+
+/// The stream is deleted under a running pipeline: the source re-creates it and goes on, the
+/// sinks notice that their stream is a different one and halt with the recovery steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_deleted_while_running_halts_the_sinks_with_recovery_steps() {
+    let nats = PrivateNats::start(NatsVersion::Old, Limits::default()).await;
+    let p = Pipeline::create("flt_deleted", Engine::Pg, &[("pg", Engine::Pg)]).await;
+    guarded(
+        async {
+            let mut daemon = Daemon::start(&p.config(&nats.url(), FAST_PING, ""));
+            assert!(p.wait_ready_code(200, Duration::from_secs(30)).await);
+            let writer = Writer::start(&p, Load::default()).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            nats.js().await.delete_stream(p.stream()).await.unwrap();
+            let halted = wait_until(Duration::from_secs(20), || async {
+                daemon.logs().contains("deleted and re-created")
+            })
+            .await;
+            assert!(halted, "no stream-lost error:\n{}", daemon.logs());
+            let line = daemon
+                .logs()
+                .lines()
+                .find(|l| l.contains("deleted and re-created"))
+                .unwrap()
+                .to_owned();
+            assert!(line.contains(" ERROR "), "logged as an error: {line}");
+            assert!(line.contains("DELETE FROM tidemark_offsets") && line.contains("re-snapshot"));
+            assert!(matches!(p.http("/readyz").await, Some((503, body)) if body.contains("deleted and re-created")));
+            // It stays halted (slow retries), never goes on silently.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert!(matches!(p.http("/readyz").await, Some((503, _))));
+            writer.stop().await;
+            assert_eq!(daemon.terminate().await, 0);
+            recover(&p, &nats).await;
+        },
+        &p,
+    )
+    .await;
 }

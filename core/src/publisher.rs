@@ -31,6 +31,9 @@ use std::pin::Pin;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// How often the publisher checks that its NATS connection is up.
+const CONNECTION_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 type AckFuture = Pin<
     Box<
         dyn Future<Output = Result<PublishAck, async_nats::jetstream::context::PublishError>>
@@ -76,6 +79,9 @@ impl Publisher {
         let mut closed = false;
         // Message id of the previous publish of this run (see the module note).
         let mut last_id: Option<String> = None;
+        let client = self.js.client();
+        let mut tick = tokio::time::interval(CONNECTION_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Hand back every checkpoint / flush whose predecessors are all acknowledged.
             while matches!(
@@ -115,6 +121,16 @@ impl Publisher {
                     published.increment(1);
                     acks_in_flight -= 1;
                     queue.pop_front();
+                }
+                _ = tick.tick() => {
+                    // An idle source would not notice NATS going away: fail (and be reported
+                    // not ready) until the connection is back.
+                    if client.connection_state() != async_nats::connection::State::Connected {
+                        return Err(Failure::transient(
+                            "publish",
+                            "lost the connection to NATS; the client is reconnecting",
+                        ));
+                    }
                 }
                 item = rx.recv(), if can_receive => match item {
                     None => closed = true,

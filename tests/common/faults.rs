@@ -179,6 +179,12 @@ impl Pipeline {
         metric_sum(&body, family, &all)
     }
 
+    /// Sum of every sample of `family` (any pipeline) whose labels contain all `labels`.
+    pub async fn metric_any(&self, family: &str, labels: &[&str]) -> f64 {
+        let body = self.http("/metrics").await.map(|r| r.1).unwrap_or_default();
+        metric_sum(&body, family, labels)
+    }
+
     /// Events applied by sink `sink` (every op).
     pub async fn applied(&self, sink: &str) -> f64 {
         let label = format!("sink=\"{sink}\"");
@@ -488,5 +494,76 @@ impl Writer {
         let (changes, inserted) = self.task.await.expect("writer task");
         eprintln!("writer: {changes} row changes, {inserted} inserts");
         changes
+    }
+}
+
+/// A `tidemark run --role <role>` process (for split-role tests), killed on drop.
+pub struct RoleDaemon {
+    child: Option<std::process::Child>,
+    log: std::path::PathBuf,
+}
+
+impl RoleDaemon {
+    /// Starts `tidemark run -c <config> --role <role>`.
+    pub fn start(config_toml: &str, role: &str) -> RoleDaemon {
+        ensure_services();
+        let config = temp_file("pipelines.toml", config_toml);
+        let log = config.with_file_name("daemon.log");
+        let out = std::fs::File::create(&log).expect("daemon log");
+        let err = out.try_clone().expect("daemon log");
+        let child = std::process::Command::new(tidemark_bin())
+            .args(["run", "-c"])
+            .arg(&config)
+            .args(["--role", role])
+            .env("RUST_LOG", "info,tidemark=debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn tidemark");
+        RoleDaemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Everything it printed.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then SIGKILL after 15 s.
+    pub async fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for RoleDaemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- daemon log ----\n{}\n---- end ----",
+                tail(&self.logs(), 60)
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
