@@ -80,7 +80,7 @@ async fn restart_mid_stream(version: NatsVersion) {
     )
     .await;
     guarded(
-        async {
+        Box::pin(async {
             let mut daemon = Daemon::start(&p.config(&nats.url(), FAST_PING, ""));
             assert!(p.wait_ready_code(200, Duration::from_secs(30)).await);
             let writer = Writer::start(&p, Load::default()).await;
@@ -101,7 +101,7 @@ async fn restart_mid_stream(version: NatsVersion) {
                 "metrics answer"
             );
             assert_no_errors(&daemon);
-        },
+        }),
         &p,
     )
     .await;
@@ -123,7 +123,7 @@ async fn nats_down_30s_then_back_mariadb_source() {
     let mut nats = PrivateNats::start(NatsVersion::Current, Limits::default()).await;
     let p = Pipeline::create("flt_down", Engine::My, &[("pg", Engine::Pg)]).await;
     guarded(
-        async {
+        Box::pin(async {
             let mut daemon = Daemon::start(&p.config(&nats.url(), FAST_PING, ""));
             assert!(p.wait_ready_code(200, Duration::from_secs(30)).await);
             let writer = Writer::start(&p, Load::default()).await;
@@ -174,7 +174,7 @@ async fn nats_down_30s_then_back_mariadb_source() {
             );
             finish(&p, writer, &mut daemon, Duration::from_secs(40)).await;
             assert_no_errors(&daemon);
-        },
+        }),
         &p,
     )
     .await;
@@ -195,7 +195,7 @@ async fn partition(version: NatsVersion, half_open: bool) {
     )
     .await;
     guarded(
-        async {
+        Box::pin(async {
             let mut daemon = Daemon::start(&p.config(&url, FAST_PING, ""));
             assert!(p.wait_ready_code(200, Duration::from_secs(30)).await);
             let writer = Writer::start(&p, Load::default()).await;
@@ -232,7 +232,7 @@ async fn partition(version: NatsVersion, half_open: bool) {
             );
             finish(&p, writer, &mut daemon, Duration::from_secs(40)).await;
             assert_no_errors(&daemon);
-        },
+        }),
         &p,
     )
     .await;
@@ -256,7 +256,7 @@ async fn store_full(version: NatsVersion) {
     let mut nats = PrivateNats::start(version, limits(2 * 1024 * 1024)).await;
     let p = Pipeline::create("flt_full", Engine::Pg, &[("pg", Engine::Pg)]).await;
     guarded(
-        async {
+        Box::pin(async {
             let mut daemon = Daemon::start(&p.config(&nats.url(), FAST_PING, ""));
             assert!(p.wait_ready_code(200, Duration::from_secs(30)).await);
             let writer = Writer::start(
@@ -299,7 +299,7 @@ async fn store_full(version: NatsVersion) {
                 p.http("/readyz").await
             );
             finish(&p, writer, &mut daemon, Duration::from_secs(45)).await;
-        },
+        }),
         &p,
     )
     .await;
@@ -332,7 +332,7 @@ async fn recover(p: &Pipeline, nats: &PrivateNats) {
         .unwrap();
     kv.purge(format!("source.{}", p.name)).await.unwrap();
     let mut daemon = Daemon::start(&p.config(&nats.url(), FAST_PING, ""));
-    p.converge(Duration::from_secs(40), &daemon).await;
+    Box::pin(p.converge(Duration::from_secs(40), &daemon)).await;
     assert_eq!(daemon.terminate().await, 0);
 }
 
@@ -344,7 +344,7 @@ async fn stream_purged_halts_the_sink_with_recovery_steps() {
     let nats = PrivateNats::start(NatsVersion::Current, Limits::default()).await;
     let p = Pipeline::create("flt_purge", Engine::Pg, &[("pg", Engine::Pg)]).await;
     guarded(
-        async {
+        Box::pin(async {
             let config = p.config(&nats.url(), FAST_PING, "");
             let sink_port = crate::common::private_nats::free_port();
             let sink_config = config.replace(
@@ -406,7 +406,7 @@ async fn stream_purged_halts_the_sink_with_recovery_steps() {
             sinks.terminate().await;
             sources.terminate().await;
             recover(&p, &nats).await;
-        },
+        }),
         &p,
     )
     .await;
@@ -419,7 +419,7 @@ async fn stream_deleted_while_running_halts_the_sinks_with_recovery_steps() {
     let nats = PrivateNats::start(NatsVersion::Old, Limits::default()).await;
     let p = Pipeline::create("flt_deleted", Engine::Pg, &[("pg", Engine::Pg)]).await;
     guarded(
-        async {
+        Box::pin(async {
             let mut daemon = Daemon::start(&p.config(&nats.url(), FAST_PING, ""));
             assert!(p.wait_ready_code(200, Duration::from_secs(30)).await);
             let writer = Writer::start(&p, Load::default()).await;
@@ -445,7 +445,7 @@ async fn stream_deleted_while_running_halts_the_sinks_with_recovery_steps() {
             writer.stop().await;
             assert_eq!(daemon.terminate().await, 0);
             recover(&p, &nats).await;
-        },
+        }),
         &p,
     )
     .await;
