@@ -184,7 +184,7 @@ async fn big_rows_reach_both_sinks_with_default_settings() {
         mysql_url(&my_dst)
     );
     let mut daemon = Daemon::start(&config(
-        NATS,
+        &NATS,
         None,
         &pipeline,
         "",

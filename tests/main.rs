@@ -10,6 +10,7 @@ mod e2e;
 mod mysql_edge_values;
 mod json_values;
 mod large_rows;
+mod faults_nats;
 mod mysql_sink;
 mod mysql_source;
 mod nats_compat;

@@ -75,6 +75,10 @@ pub struct NatsConfig {
     /// Publishes awaiting their JetStream ack at once. Default 1024.
     #[serde(default = "default_publish_window")]
     pub publish_window: usize,
+    /// Seconds between client PINGs; a connection that misses two PONGs is dropped and
+    /// re-established (how fast a half-open TCP connection is noticed). Default 20.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval_secs: u64,
 }
 
 fn default_nats_url() -> String {
@@ -94,6 +98,9 @@ fn default_max_age() -> u64 {
 }
 fn default_publish_window() -> usize {
     1024
+}
+fn default_ping_interval() -> u64 {
+    20
 }
 
 impl NatsConfig {
@@ -164,6 +171,7 @@ impl Default for NatsConfig {
             duplicate_window_secs: default_duplicate_window(),
             max_age_secs: default_max_age(),
             publish_window: default_publish_window(),
+            ping_interval_secs: default_ping_interval(),
         }
     }
 }
@@ -458,6 +466,9 @@ impl Config {
                 path: "nats.url".into(),
                 message: e,
             });
+        }
+        if self.nats.ping_interval_secs == 0 {
+            return Err(err("nats.ping_interval_secs".into(), "must be at least 1"));
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {

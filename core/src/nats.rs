@@ -70,6 +70,7 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client,
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(10)))
+        .ping_interval(Duration::from_secs(cfg.ping_interval_secs.max(1)))
         .require_tls(cfg.tls_required || cfg.url.starts_with("tls://"));
     if let (Some(user), Some(pass)) = (&cfg.user, &cfg.password) {
         opts = opts.user_and_password(user.clone(), pass.clone());

@@ -16,6 +16,15 @@
 //! `oversize` policy instead ([`crate::oversize`]), which returns a small
 //! replacement to publish in its place or a definite error. An envelope's
 //! bytes stay reserved in the outbox budget until its ack arrives.
+//!
+//! Order across a lost connection: when the connection to NATS breaks, a publish written to
+//! the dying socket is lost while the client re-sends what it still had buffered after it
+//! reconnects, so event k+1 could be stored without event k. Re-publishing k after a restart
+//! would then put it *behind* k+1 in the stream, and the sinks' position guard would skip it
+//! as a duplicate: a silent loss. So every publish after the first of a run carries
+//! `Nats-Expected-Last-Msg-Id` = the previous event's id: the server refuses k+1 when k is not
+//! the stream's last message, the run fails, and the source resends from its checkpoint in
+//! order. (A re-sent duplicate is acknowledged by the dedup window before that check.)
 
 use crate::config::{NatsConfig, PipelineConfig};
 use crate::error::Failure;
@@ -38,6 +47,9 @@ const HEADER_OVERHEAD: usize = 32;
 /// server refuses bigger records ("message too large", error code 10077) at 32 MiB including
 /// subject and headers.
 const FILE_STORE_MAX: usize = (32 << 20) - (8 << 10);
+
+/// How often the publisher checks that its NATS connection is up.
+const CONNECTION_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 type AckFuture = Pin<
     Box<
@@ -122,6 +134,11 @@ impl Publisher {
         let mut queue: VecDeque<InFlight<C>> = VecDeque::new();
         let mut acks_in_flight = 0usize;
         let mut closed = false;
+        // Message id of the previous publish of this run (see the module note).
+        let mut last_id: Option<String> = None;
+        let client = self.js.client();
+        let mut tick = tokio::time::interval(CONNECTION_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Hand back every checkpoint / flush whose predecessors are all acknowledged.
             while matches!(
@@ -156,9 +173,7 @@ impl Publisher {
                     }
                 }, if has_ack => {
                     let (result, started) = result;
-                    result.map_err(|e| {
-                        Failure::transient("publish", format!("JetStream did not acknowledge a publish: {e}"))
-                    })?;
+                    result.map_err(|e| ack_failure(&e))?;
                     latency.record(started.elapsed().as_secs_f64());
                     published.increment(1);
                     acks_in_flight -= 1;
@@ -166,11 +181,22 @@ impl Publisher {
                         rx.release(bytes);
                     }
                 }
+                _ = tick.tick() => {
+                    // An idle source would not notice NATS going away: fail (and be reported
+                    // not ready) until the connection is back.
+                    if client.connection_state() != async_nats::connection::State::Connected {
+                        return Err(Failure::transient(
+                            "publish",
+                            "lost the connection to NATS; the client is reconnecting",
+                        ));
+                    }
+                }
                 item = rx.recv_held(), if can_receive => match item {
                     None => closed = true,
                     Some(Outgoing::Event(msg)) => {
                         let bytes = msg.payload.len();
-                        let ack = self.publish(msg, stream_limit).await?;
+                        let prev = last_id.replace(msg.id.clone());
+                        let ack = self.publish(msg, stream_limit, prev.as_deref()).await?;
                         queue.push_back(InFlight::Ack {
                             fut: Box::pin(ack.into_future()),
                             started: Instant::now(),
@@ -190,13 +216,16 @@ impl Publisher {
         &mut self,
         msg: crate::envelope::OutMessage,
         stream_limit: Option<usize>,
+        prev_id: Option<&str>,
     ) -> Result<PublishAckFuture, Failure> {
         let (limit, _) = self.limit(stream_limit);
         let size = msg.payload.len() + msg.id.len() + HEADER_OVERHEAD;
         if size <= limit {
-            let publish = PublishMessage::build()
-                .message_id(&msg.id)
-                .payload(msg.payload.clone());
+            let mut publish = PublishMessage::build().message_id(&msg.id);
+            if let Some(prev) = prev_id {
+                publish = publish.expected_last_message_id(prev);
+            }
+            let publish = publish.payload(msg.payload.clone());
             match self.js.send_publish(msg.subject.clone(), publish).await {
                 Ok(ack) => return Ok(ack),
                 // The server we reconnected to may accept less than the one before.
@@ -210,7 +239,10 @@ impl Publisher {
             }
         }
         let (limit, what) = self.limit(stream_limit);
-        let r = self.oversize.handle(&msg, size, limit, what).await?;
+        let mut r = self.oversize.handle(&msg, size, limit, what).await?;
+        if let Some(prev) = prev_id {
+            r.headers.insert("Nats-Expected-Last-Msg-Id", prev);
+        }
         let publish = PublishMessage::build()
             .headers(r.headers)
             .payload(r.payload);
@@ -220,5 +252,62 @@ impl Publisher {
                 format!("publishing an oversize replacement to JetStream failed: {e}"),
             )
         })
+    }
+}
+
+/// The failure for a publish JetStream did not acknowledge, with the cause in plain words.
+fn ack_failure(e: &async_nats::jetstream::context::PublishError) -> Failure {
+    use async_nats::jetstream::context::PublishErrorKind as K;
+    let detail = crate::error::display_chain(e);
+    match e.kind() {
+        K::WrongLastMessageId => Failure::transient(
+            "publish_order",
+            format!(
+                "JetStream refused a publish because the event before it is not in the stream \
+                 (lost on a broken connection, or another message came in between); resending \
+                 from the checkpoint in order: {detail}"
+            ),
+        ),
+        _ if is_storage_full(&detail) => Failure::transient(
+            "store_full",
+            format!(
+                "JetStream storage is full (server max_file_store or account limit reached); \
+                 the source waits and retries without losing anything, but nothing is published \
+                 until space is freed or the limit is raised: {detail}"
+            ),
+        ),
+        _ => Failure::transient(
+            "publish",
+            format!("JetStream did not acknowledge a publish: {detail}"),
+        ),
+    }
+}
+
+/// Whether a publish error says the JetStream store has no room (error codes 10047
+/// "insufficient storage resources", 10023 "insufficient resources", 10028 "maximum bytes
+/// exceeded").
+fn is_storage_full(text: &str) -> bool {
+    [
+        "10047",
+        "10023",
+        "10028",
+        "insufficient",
+        "storage resources",
+        "maximum bytes",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn storage_full_is_recognised() {
+        assert!(super::is_storage_full(
+            "publish failed: insufficient storage resources available (code 503, error code 10047)"
+        ));
+        assert!(!super::is_storage_full(
+            "timed out: didn't receive ack in time"
+        ));
     }
 }

@@ -8,6 +8,10 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod private_nats;
+pub mod proxy;
+
 use async_nats::jetstream;
 use std::collections::HashMap;
 use std::fmt;

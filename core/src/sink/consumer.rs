@@ -32,7 +32,14 @@ pub(crate) async fn prepare(
     consumer_name: &str,
     filter: &str,
     stored: Option<&Offset>,
+    known_created: &mut Option<i128>,
 ) -> Result<(PullConsumer, i64), SinkError> {
+    let lost = |what: String| SinkError::StreamLost {
+        stream: stream_name.to_owned(),
+        what,
+        pipeline: String::new(),
+        sink: String::new(),
+    };
     let nats = |what: &'static str, e: &dyn std::fmt::Display| SinkError::Nats {
         what,
         message: format!("stream {stream_name}, consumer {consumer_name}: {e}"),
@@ -49,28 +56,34 @@ pub(crate) async fn prepare(
     let info = stream.info().await.map_err(|e| nats("stream info", &e))?;
     let max_msg_size = i64::from(info.config.max_message_size);
     let state = info.state.clone();
+    let created = info.created.unix_timestamp_nanos();
+    if known_created.is_some_and(|known| known != created) {
+        return Err(lost(
+            "the stream was deleted and re-created while this sink was running; messages it \
+             had not applied are gone"
+                .into(),
+        ));
+    }
+    *known_created = Some(created);
     let stored_seq = stored.map_or(0, |o| o.stream_seq);
     let deliver = if stored_seq == 0 {
         DeliverPolicy::All
     } else if stored_seq > state.last_sequence {
-        // The stream was recreated (or purged and reset): our sequence means nothing here.
-        // Read everything; the position guard skips what the target already has.
-        tracing::warn!(
-            stream = stream_name,
-            stored_seq,
-            last_seq = state.last_sequence,
-            "stored stream sequence is beyond the stream's end; re-reading the stream from its start"
-        );
-        DeliverPolicy::All
+        // The stream was re-created, or lost its newest messages: the stored sequence means
+        // nothing here and what the sink had not applied is gone.
+        return Err(lost(format!(
+            "the sink's stored stream sequence {stored_seq} is beyond the stream's last \
+             sequence {} (the stream was deleted and re-created, or lost messages)",
+            state.last_sequence
+        )));
     } else {
         if stored_seq + 1 < state.first_sequence {
-            tracing::error!(
-                stream = stream_name,
-                stored_seq,
-                first_seq = state.first_sequence,
-                "messages after the sink's position were removed from the stream (max_age?); \
-                 the target may miss changes: re-snapshot the source"
-            );
+            return Err(lost(format!(
+                "messages {} to {} were removed before this sink applied them (stream purged, \
+                 messages deleted, or expired by max_age)",
+                stored_seq + 1,
+                state.first_sequence - 1
+            )));
         }
         DeliverPolicy::ByStartSequence {
             start_sequence: stored_seq + 1,

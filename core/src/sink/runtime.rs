@@ -121,6 +121,26 @@ pub enum SinkError {
         /// Parser error.
         message: String,
     },
+    /// Messages this sink had not applied are gone from the stream (purged, deleted,
+    /// expired by `max_age`, or the whole stream deleted and re-created): the target misses
+    /// changes, so the sink halts instead of going on as if nothing happened.
+    #[error(
+        "stream {stream}: {what}; the target misses those changes and this sink is halted. \
+         Recover (docs/operations.md, \"JetStream stream lost\"): stop the pipeline, reset this \
+         sink's offsets (DELETE FROM tidemark_offsets WHERE pipeline = '{pipeline}' AND sink = \
+         '{sink}'), truncate its tables if they must be exact, re-snapshot the source (drop the \
+         Postgres slot, nats kv del <state bucket> source.{pipeline}) and start again"
+    )]
+    StreamLost {
+        /// Stream name.
+        stream: String,
+        /// What was found.
+        what: String,
+        /// Pipeline name.
+        pipeline: String,
+        /// Sink name.
+        sink: String,
+    },
     /// Shutdown fired while waiting on the target.
     #[error("shutdown while waiting for the target")]
     Aborted,
@@ -131,7 +151,9 @@ impl Classify for SinkError {
         match self {
             SinkError::Nats { .. } | SinkError::Aborted => Retry::Transient,
             SinkError::Target(f) | SinkError::NeedsIsolation { cause: f, .. } => f.retry,
-            SinkError::Poison { .. } | SinkError::Malformed { .. } => Retry::Definite,
+            SinkError::Poison { .. }
+            | SinkError::Malformed { .. }
+            | SinkError::StreamLost { .. } => Retry::Definite,
         }
     }
     fn kind(&self) -> &'static str {
@@ -140,6 +162,7 @@ impl Classify for SinkError {
             SinkError::Target(f) | SinkError::NeedsIsolation { cause: f, .. } => f.kind,
             SinkError::Poison { kind, .. } => kind,
             SinkError::Malformed { .. } => "malformed",
+            SinkError::StreamLost { .. } => "stream_lost",
             SinkError::Aborted => "shutdown",
         }
     }
@@ -152,6 +175,9 @@ struct Shared {
     isolate_through: Option<u64>,
     /// A session committed something (backoffs reset).
     progressed: bool,
+    /// Creation time (Unix ns) of the stream this process's sessions read: a different one
+    /// means the stream was deleted and re-created under the running sink.
+    stream_created: Option<i128>,
 }
 
 /// Runs one sink until `ctx.shutdown` fires, then returns `Ok(())`.
@@ -276,8 +302,18 @@ async fn session<W: SinkWriter>(ctx: &SinkContext, shared: &mut Shared) -> Resul
         &consumer_name,
         &filter,
         stored.as_ref(),
+        &mut shared.stream_created,
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        SinkError::StreamLost { stream, what, .. } => SinkError::StreamLost {
+            stream,
+            what,
+            pipeline: ctx.pipeline.name.clone(),
+            sink: ctx.sink.name.clone(),
+        },
+        e => e,
+    })?;
     let fetch = fetch_bytes(max_msg_size, ctx.js.client().max_payload());
     let messages = consumer
         .stream()
@@ -471,6 +507,21 @@ impl<W: SinkWriter> Session<'_, W> {
             })?
             .stream_sequence;
         let reply = msg.reply.clone();
+        if self.t.last_seq > 0 && seq > self.t.last_seq + 1 {
+            // The consumer's filter covers every subject of the stream, so sequences arrive
+            // without holes, unless deliveries were lost on a broken connection (the server
+            // then redelivers them only after ack_wait, after later ones) or messages were
+            // removed. Either way, never go on past a hole: restart the session at the stored
+            // offset, where `consumer::prepare` tells a removal (definite) from a lost delivery.
+            return Err(SinkError::Nats {
+                what: "consume",
+                message: format!(
+                    "stream sequence jumped from {} to {seq} (deliveries lost on a broken \
+                     connection, or messages removed); restarting at the stored position",
+                    self.t.last_seq
+                ),
+            });
+        }
         if self.t.see(seq).is_some() {
             // Redelivered after ack_wait while its transaction was still open: already handled.
             self.push_ack(reply);
@@ -603,7 +654,8 @@ impl<W: SinkWriter> Session<'_, W> {
                         return Err(malformed(format!("unresolvable reference: {message}")));
                     }
                     m::error("sink", "oversize");
-                    self.dead_letter(seq, msg.subject.as_str(), &msg.payload, &message)
+                    let table = format!("{}.{}", marker.source.schema, marker.source.table);
+                    self.dead_letter(seq, msg.subject.as_str(), &table, &msg.payload, &message)
                         .await?;
                     Some(message)
                 }
@@ -743,6 +795,14 @@ impl<W: SinkWriter> Session<'_, W> {
     }
 
     async fn on_tick(&mut self, consumer: &PullConsumer) -> Result<(), SinkError> {
+        // The client reconnects by itself and the pull stream just waits meanwhile: end the
+        // session so the sink reports not-ready while NATS is away.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(SinkError::Nats {
+                what: "connection",
+                message: "lost the connection to NATS; the client is reconnecting".into(),
+            });
+        }
         if let Ok(Ok(info)) =
             tokio::time::timeout(Duration::from_secs(2), consumer.get_info()).await
         {
