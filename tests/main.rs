@@ -5,6 +5,7 @@
 mod cli;
 mod common;
 mod e2e;
+mod faults_db;
 mod mysql_sink;
 mod mysql_source;
 mod nats_compat;

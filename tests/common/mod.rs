@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod private_db;
+pub mod proxy;
+
 use async_nats::jetstream;
 use std::future::Future;
 use std::io::Read as _;

@@ -1,0 +1,901 @@
+//! Database faults under a running pipeline, through the real `tidemark run` binary.
+//!
+//! Every test runs a whole pipeline (source → shared NATS → sink) while a writer keeps changing
+//! the source, injects one fault into the database on one side, lets the pipeline recover and
+//! then asserts:
+//!
+//! * **nothing lost**: every sink table equals its source table row by row;
+//! * **nothing applied twice**: the target table carries an audit trigger that records every
+//!   row version `(id, v)` the sink writes; each source version is written at most once
+//!   (`v` only ever grows, ids are never reused, so a second write of one version is a replay
+//!   the position guard should have skipped);
+//! * **nothing published twice**: the stream holds each row version at most once.
+//!
+//! Restart and crash faults need a server of their own: the faulted database is a private
+//! instance ([`private_db`](crate::common::private_db)); the other side uses the shared servers.
+//! Partitions put the fault [`proxy`](crate::common::proxy) between the daemon and the database
+//! (blackhole: connections stay open and every byte is dropped, so only the daemon's own
+//! timeouts can notice; blackholed connections stay dead, i.e. half-open, after the partition
+//! heals).
+//!
+//! Cases: Postgres source restarted / crashed (the slot's confirmed position and the KV
+//! checkpoint are sampled throughout), MariaDB source restarted / crashed, Postgres and MariaDB
+//! sinks restarted and crashed (`/readyz` must name the sink while it is down), partitions on
+//! each side for both engines, and a Postgres slot dropped or invalidated under the daemon (a
+//! definite error that says what to run, reported by `/readyz` and `tidemark_errors_total`).
+
+use crate::common::private_db::{free_port, PrivateMaria, PrivatePg};
+use crate::common::proxy::Proxy;
+use crate::common::*;
+use futures_util::FutureExt as _;
+use mysql_async::prelude::Queryable as _;
+use rand::{Rng as _, SeedableRng as _};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+// ───────────────────────────── endpoints and connections ─────────────────────────────
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Pg,
+    My,
+}
+
+/// One database as the test and the daemon see it.
+#[derive(Debug, Clone)]
+struct Ep {
+    engine: Engine,
+    db: String,
+    /// Port of a private instance; `None`: the shared server.
+    private: Option<u16>,
+    /// Port the daemon uses instead (a proxy in front of the server).
+    via: Option<u16>,
+}
+
+/// `host:port` of a URL such as `postgres://user@127.0.0.1:5432`.
+fn authority(url: &str) -> (usize, usize) {
+    let start = url.find('@').map(|i| i + 1).unwrap_or_else(|| url.find("//").unwrap() + 2);
+    let end = url[start..].find('/').map(|i| start + i).unwrap_or(url.len());
+    (start, end)
+}
+
+/// The shared server's address, for a proxy in front of it.
+fn shared_addr(engine: Engine) -> SocketAddr {
+    let url = match engine {
+        Engine::Pg => PG,
+        Engine::My => MYSQL,
+    };
+    let (s, e) = authority(url);
+    url[s..e]
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .unwrap_or_else(|err| panic!("address of {url}: {err}"))
+}
+
+fn with_port(url: &str, port: u16) -> String {
+    let (s, e) = authority(url);
+    format!("{}127.0.0.1:{port}{}", &url[..s], &url[e..])
+}
+
+impl Ep {
+    fn url_direct(&self) -> String {
+        match (self.engine, self.private) {
+            (Engine::Pg, Some(p)) => format!("postgres://postgres@127.0.0.1:{p}/{}", self.db),
+            (Engine::My, Some(p)) => {
+                format!("mysql://tidemark:tidemark@127.0.0.1:{p}/{}", self.db)
+            }
+            (Engine::Pg, None) => pg_url(&self.db),
+            (Engine::My, None) => mysql_url(&self.db),
+        }
+    }
+
+    /// The URL written into the daemon's configuration.
+    fn url_daemon(&self) -> String {
+        match self.via {
+            Some(p) => with_port(&self.url_direct(), p),
+            None => self.url_direct(),
+        }
+    }
+
+    async fn open(&self) -> Result<Conn, String> {
+        let url = self.url_direct();
+        match self.engine {
+            Engine::Pg => {
+                let (c, conn) = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls),
+                )
+                .await
+                .map_err(|_| "connect timeout".to_owned())?
+                .map_err(|e| e.to_string())?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(Conn::Pg(c))
+            }
+            Engine::My => {
+                let opts = mysql_async::Opts::from_url(&url).map_err(|e| e.to_string())?;
+                let c = tokio::time::timeout(Duration::from_secs(5), mysql_async::Conn::new(opts))
+                    .await
+                    .map_err(|_| "connect timeout".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                Ok(Conn::My(c))
+            }
+        }
+    }
+
+    async fn must_open(&self) -> Conn {
+        self.open()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {:?} {}: {e}", self.engine, self.db))
+    }
+
+    async fn create_db(&self) {
+        let admin = Ep {
+            db: match self.engine {
+                Engine::Pg => "postgres".into(),
+                Engine::My => String::new(),
+            },
+            ..self.clone()
+        };
+        let q = match self.engine {
+            Engine::Pg => format!("CREATE DATABASE \"{}\"", self.db),
+            Engine::My => format!("CREATE DATABASE `{}`", self.db),
+        };
+        admin.must_open().await.must(&q).await;
+    }
+
+    /// Drops a database on a shared server (private ones vanish with their instance).
+    async fn drop_shared(&self) {
+        if self.private.is_none() {
+            match self.engine {
+                Engine::Pg => pg_drop_db(&self.db).await,
+                Engine::My => mysql_drop_db(&self.db).await,
+            }
+        }
+    }
+}
+
+/// A SQL connection; every value comes back as text.
+enum Conn {
+    Pg(tokio_postgres::Client),
+    My(mysql_async::Conn),
+}
+
+impl Conn {
+    async fn exec(&mut self, sql: &str) -> Result<(), String> {
+        let fut = async {
+            match self {
+                Conn::Pg(c) => c.batch_execute(sql).await.map_err(|e| format!("{e:?}")),
+                Conn::My(c) => c.query_drop(sql).await.map_err(|e| e.to_string()),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .map_err(|_| format!("timeout: {sql}"))?
+    }
+
+    async fn must(&mut self, sql: &str) {
+        if let Err(e) = self.exec(sql).await {
+            panic!("{sql}: {e}");
+        }
+    }
+
+    async fn rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        match self {
+            Conn::Pg(c) => Ok(c
+                .simple_query(sql)
+                .await
+                .map_err(|e| format!("{sql}: {e:?}"))?
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Conn::My(c) => {
+                let rows: Vec<mysql_async::Row> =
+                    c.query(sql).await.map_err(|e| format!("{sql}: {e}"))?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| match r.as_ref(i) {
+                                None | Some(mysql_async::Value::NULL) => None,
+                                Some(mysql_async::Value::Bytes(b)) => {
+                                    Some(String::from_utf8_lossy(b).into_owned())
+                                }
+                                Some(mysql_async::Value::Int(v)) => Some(v.to_string()),
+                                Some(mysql_async::Value::UInt(v)) => Some(v.to_string()),
+                                Some(other) => Some(format!("{other:?}")),
+                            })
+                            .collect()
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+// ───────────────────────────── tables ─────────────────────────────
+
+const TABLE_DDL: &str =
+    "CREATE TABLE items (id BIGINT PRIMARY KEY, v BIGINT NOT NULL, note VARCHAR(100))";
+
+async fn create_source_table(ep: &Ep) {
+    ep.must_open().await.must(TABLE_DDL).await;
+}
+
+/// The target table plus `tm_audit`, filled by triggers with every row version written.
+async fn create_target_table(ep: &Ep) {
+    let mut c = ep.must_open().await;
+    c.must(TABLE_DDL).await;
+    c.must("CREATE TABLE tm_audit (id BIGINT NOT NULL, v BIGINT NOT NULL)")
+        .await;
+    match ep.engine {
+        Engine::Pg => {
+            c.must(
+                "CREATE FUNCTION tm_audit_f() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN INSERT INTO tm_audit VALUES (NEW.id, NEW.v); RETURN NEW; END $$; \
+                 CREATE TRIGGER tm_audit_t AFTER INSERT OR UPDATE ON items \
+                 FOR EACH ROW EXECUTE FUNCTION tm_audit_f()",
+            )
+            .await
+        }
+        Engine::My => {
+            c.must(
+                "CREATE TRIGGER tm_audit_i AFTER INSERT ON items FOR EACH ROW \
+                 INSERT INTO tm_audit VALUES (NEW.id, NEW.v)",
+            )
+            .await;
+            c.must(
+                "CREATE TRIGGER tm_audit_u AFTER UPDATE ON items FOR EACH ROW \
+                 INSERT INTO tm_audit VALUES (NEW.id, NEW.v)",
+            )
+            .await;
+        }
+    }
+}
+
+type Rows = Vec<Vec<Option<String>>>;
+
+async fn dump(ep: &Ep) -> Result<Rows, String> {
+    let mut c = ep.open().await?;
+    c.rows("SELECT CAST(id AS CHAR(20)), CAST(v AS CHAR(20)), note FROM items ORDER BY id")
+        .await
+}
+
+// ───────────────────────────── the writer ─────────────────────────────
+
+#[derive(Debug, Default)]
+struct WriterStats {
+    ok: u64,
+    failed: u64,
+    reconnects: u64,
+}
+
+/// Inserts (fresh ids, `v = 0`), updates (`v = v + 1`), deletes and small multi-row
+/// transactions against the source until `stop`; reconnects through any outage.
+fn spawn_writer(
+    ep: Ep,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<WriterStats> {
+    tokio::spawn(async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut st = WriterStats::default();
+        let mut next_id: i64 = 1;
+        let mut live: Vec<i64> = Vec::new();
+        let mut conn: Option<Conn> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match ep.open().await {
+                    Ok(c) => {
+                        st.reconnects += 1;
+                        conn.insert(c)
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                },
+            };
+            let roll = rng.random_range(0..100);
+            let sql = if roll < 45 || live.len() < 5 {
+                let id = next_id;
+                next_id += 1;
+                live.push(id);
+                format!("INSERT INTO items (id, v, note) VALUES ({id}, 0, 'n{id}')")
+            } else if roll < 85 {
+                let id = live[rng.random_range(0..live.len())];
+                format!("UPDATE items SET v = v + 1, note = 'u{}' WHERE id = {id}", rng.random::<u16>())
+            } else if roll < 92 {
+                let id = live.swap_remove(rng.random_range(0..live.len()));
+                format!("DELETE FROM items WHERE id = {id}")
+            } else {
+                let (a, b) = (next_id, next_id + 1);
+                next_id += 2;
+                live.extend([a, b]);
+                let u = live[rng.random_range(0..live.len() - 2)];
+                format!(
+                    "BEGIN; INSERT INTO items (id, v, note) VALUES ({a}, 0, 't'), ({b}, 0, 't'); \
+                     UPDATE items SET v = v + 1 WHERE id = {u}; COMMIT"
+                )
+            };
+            match c.exec(&sql).await {
+                Ok(()) => st.ok += 1,
+                Err(_) => {
+                    st.failed += 1;
+                    conn = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(2..8))).await;
+        }
+        st
+    })
+}
+
+// ───────────────────────────── HTTP ─────────────────────────────
+
+/// `GET path` on 127.0.0.1:port; `(status, body)` or None.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut).await.ok().flatten()
+}
+
+/// Sum of every sample of `family` whose labels contain all `labels` fragments.
+fn metric_sum(body: &str, family: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(family))
+        .filter(|l| labels.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn ready(port: u16) -> bool {
+    http_get(port, "/readyz").await.map(|r| r.0) == Some(200)
+}
+
+// ───────────────────────────── the pipeline ─────────────────────────────
+
+fn daemon_config(pipeline: &str, metrics: u16, src: &Ep, sink: &Ep) -> String {
+    let source = match src.engine {
+        Engine::Pg => format!(
+            "  kind = \"postgres\"\n  url = \"{}\"\n  tables = [\"public.*\"]\n",
+            src.url_daemon()
+        ),
+        Engine::My => format!(
+            "  kind = \"mysql\"\n  url = \"{}\"\n  tables = [\"{}.*\"]\n  server_id = {}\n",
+            src.url_daemon(),
+            src.db,
+            1000 + rand::random::<u32>() % 1_000_000_000
+        ),
+    };
+    let (kind, schema) = match sink.engine {
+        Engine::Pg => ("postgres", "  schema = \"public\"\n"),
+        Engine::My => ("mysql", ""),
+    };
+    format!(
+        "[nats]\nurl = \"{NATS}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n\
+         [[pipelines]]\nname = \"{pipeline}\"\n  [pipelines.source]\n{source}  heartbeat_secs = 1\n\
+         \n  [[pipelines.sinks]]\n  name = \"target\"\n  kind = \"{kind}\"\n  url = \"{}\"\n{schema}",
+        sink.url_daemon()
+    )
+}
+
+/// A running test pipeline.
+struct Run {
+    test: &'static str,
+    pipeline: String,
+    src: Ep,
+    sink: Ep,
+    metrics: u16,
+    daemon: Daemon,
+}
+
+impl Run {
+    async fn start(test: &'static str, src: Ep, sink: Ep) -> Run {
+        let pipeline = unique("fdb");
+        src.create_db().await;
+        sink.create_db().await;
+        create_source_table(&src).await;
+        create_target_table(&sink).await;
+        let metrics = free_port();
+        let daemon = Daemon::start(&daemon_config(&pipeline, metrics, &src, &sink));
+        let run = Run {
+            test,
+            pipeline,
+            src,
+            sink,
+            metrics,
+            daemon,
+        };
+        run.wait_ready(Duration::from_secs(60), "at start").await;
+        run
+    }
+
+    fn stream(&self) -> String {
+        format!("TIDEMARK_{}", self.pipeline.to_uppercase())
+    }
+
+    async fn wait_ready(&self, timeout: Duration, when: &str) {
+        let ok = wait_until(timeout, || ready(self.metrics)).await;
+        assert!(
+            ok,
+            "[{}] /readyz not 200 {when} within {timeout:?}: {:?}\n{}",
+            self.test,
+            http_get(self.metrics, "/readyz").await,
+            self.log_tail(60)
+        );
+    }
+
+    /// Waits until `/readyz` is 503 and names `component`; returns the body.
+    async fn wait_not_ready(&self, component: &str, timeout: Duration) -> String {
+        let body = Arc::new(Mutex::new(String::new()));
+        let ok = wait_until(timeout, || {
+            let body = body.clone();
+            async move {
+                match http_get(self.metrics, "/readyz").await {
+                    Some((503, b)) if b.contains(component) => {
+                        *body.lock().unwrap() = b;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        })
+        .await;
+        assert!(
+            ok,
+            "[{}] /readyz never reported {component} within {timeout:?}: {:?}\n{}",
+            self.test,
+            http_get(self.metrics, "/readyz").await,
+            self.log_tail(60)
+        );
+        let b = body.lock().unwrap().clone();
+        b
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let logs = self.daemon.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    async fn metrics_text(&self) -> String {
+        http_get(self.metrics, "/metrics").await.map(|r| r.1).unwrap_or_default()
+    }
+
+    /// Target equals source, within `timeout`.
+    async fn converge(&self, timeout: Duration) {
+        let started = Instant::now();
+        let mut last;
+        loop {
+            match (dump(&self.src).await, dump(&self.sink).await) {
+                (Ok(s), Ok(t)) if s == t => {
+                    eprintln!(
+                        "[{}] converged: {} rows, {:.1} s after the writer stopped",
+                        self.test,
+                        s.len(),
+                        started.elapsed().as_secs_f64()
+                    );
+                    return;
+                }
+                (Ok(s), Ok(t)) => last = describe_diff(&s, &t),
+                (a, b) => last = format!("source: {:?}, target: {:?}", a.err(), b.err()),
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "[{}] target never equalled the source within {timeout:?}: {last}\n{}",
+                    self.test,
+                    self.log_tail(80)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// No row version was written to the target twice.
+    async fn assert_applied_once(&self) {
+        let mut c = self.sink.must_open().await;
+        let dup = c
+            .rows(
+                "SELECT CAST(id AS CHAR(20)), CAST(v AS CHAR(20)), CAST(COUNT(*) AS CHAR(20)) \
+                 FROM tm_audit GROUP BY id, v HAVING COUNT(*) > 1 ORDER BY id LIMIT 20",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let total = c
+            .rows("SELECT CAST(COUNT(*) AS CHAR(20)) FROM tm_audit")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            dup.is_empty(),
+            "[{}] row versions applied twice to the target (id, v, times): {dup:?}\n{}",
+            self.test,
+            self.log_tail(60)
+        );
+        eprintln!("[{}] {:?} row versions written, none twice", self.test, total);
+    }
+
+    /// No row version was published twice (the source's skip of re-sent transactions and the
+    /// JetStream de-duplication both held).
+    async fn assert_published_once(&self) {
+        let info = js()
+            .await
+            .get_stream(self.stream())
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .messages;
+        let envs = read_envelopes(&self.stream(), info as usize, Duration::from_secs(30)).await;
+        assert_eq!(envs.len() as u64, info, "[{}] could not read the whole stream", self.test);
+        let mut seen: HashMap<(i64, i64), u32> = HashMap::new();
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        for e in &envs {
+            *ids.entry(e["id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+            if let Some(after) = e.get("after").filter(|a| a.is_object()) {
+                let (Some(id), Some(v)) = (after["id"].as_i64(), after["v"].as_i64()) else {
+                    continue;
+                };
+                *seen.entry((id, v)).or_default() += 1;
+            }
+        }
+        let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(10).collect();
+        let dup_ids: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).take(10).collect();
+        assert!(
+            dup.is_empty() && dup_ids.is_empty(),
+            "[{}] published twice: versions {dup:?}, ids {dup_ids:?}",
+            self.test
+        );
+        eprintln!("[{}] {} events in the stream, none twice", self.test, envs.len());
+    }
+
+    /// Stops the daemon (SIGTERM → exit 0) and removes the stream, checkpoint, shared databases.
+    async fn finish(mut self) {
+        let code = self.daemon.terminate().await;
+        assert_eq!(code, 0, "[{}] exit code after SIGTERM\n{}", self.test, self.log_tail(40));
+        self.cleanup().await;
+    }
+
+    async fn cleanup(&self) {
+        delete_stream(&self.stream()).await;
+        purge_state(&self.pipeline).await;
+        self.src.drop_shared().await;
+        self.sink.drop_shared().await;
+    }
+}
+
+fn describe_diff(s: &Rows, t: &Rows) -> String {
+    let sm: BTreeMap<_, _> = s.iter().map(|r| (r[0].clone(), r)).collect();
+    let tm: BTreeMap<_, _> = t.iter().map(|r| (r[0].clone(), r)).collect();
+    let missing: Vec<_> = sm.keys().filter(|k| !tm.contains_key(*k)).take(5).collect();
+    let extra: Vec<_> = tm.keys().filter(|k| !sm.contains_key(*k)).take(5).collect();
+    let differ: Vec<_> = sm
+        .iter()
+        .filter(|(k, r)| tm.get(*k).is_some_and(|t| t != *r))
+        .map(|(k, _)| k)
+        .take(5)
+        .collect();
+    format!(
+        "{} source rows, {} target rows; missing {missing:?}, extra {extra:?}, differ {differ:?}",
+        s.len(),
+        t.len()
+    )
+}
+
+/// Runs `body`; on a panic the daemon log is printed by `Daemon`'s Drop, and the shared
+/// databases are removed either way by the body's own `finish` or here.
+async fn guarded(cleanup_eps: Vec<Ep>, pipeline_hint: Arc<Mutex<Option<String>>>, body: impl std::future::Future<Output = ()>) {
+    let outcome = AssertUnwindSafe(body).catch_unwind().await;
+    if outcome.is_err() {
+        if let Some(p) = pipeline_hint.lock().unwrap().clone() {
+            delete_stream(&format!("TIDEMARK_{}", p.to_uppercase())).await;
+            purge_state(&p).await;
+        }
+        for ep in cleanup_eps {
+            ep.drop_shared().await;
+        }
+    }
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+}
+
+// ───────────────────────────── restarts and crashes ─────────────────────────────
+
+/// Which database is faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Sink,
+}
+
+/// A private instance of either engine.
+enum Private {
+    Pg(PrivatePg),
+    My(PrivateMaria),
+}
+
+impl Private {
+    fn start(engine: Engine, extra: &[(&str, &str)]) -> Private {
+        tokio::task::block_in_place(|| match engine {
+            Engine::Pg => Private::Pg(PrivatePg::start(extra)),
+            Engine::My => Private::My(PrivateMaria::start()),
+        })
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            Private::Pg(p) => p.port(),
+            Private::My(m) => m.port(),
+        }
+    }
+
+    /// Graceful stop, or SIGKILL of the whole server when `crash`.
+    fn down(&mut self, crash: bool) {
+        tokio::task::block_in_place(|| match (self, crash) {
+            (Private::Pg(p), false) => p.stop(),
+            (Private::Pg(p), true) => p.crash(),
+            (Private::My(m), false) => m.stop(),
+            (Private::My(m), true) => m.crash(),
+        })
+    }
+
+    fn up(&mut self) {
+        tokio::task::block_in_place(|| match self {
+            Private::Pg(p) => p.restart(),
+            Private::My(m) => m.restart(),
+        })
+    }
+}
+
+/// `X/Y` → u64.
+fn lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// One sample of a Postgres source's positions.
+#[derive(Debug, Clone, Copy)]
+struct PosSample {
+    at: Duration,
+    /// The slot's `confirmed_flush_lsn` (None while the server is down).
+    slot: Option<u64>,
+    /// The KV checkpoint's LSN: everything up to it is in JetStream.
+    kv: Option<u64>,
+}
+
+/// Samples the slot and the checkpoint every 100 ms until `stop`.
+fn spawn_pos_sampler(
+    src: Ep,
+    pipeline: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<PosSample>> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let slot = format!("tidemark_{pipeline}");
+        let kv = js().await.get_key_value("tidemark_state").await.ok();
+        let mut out = Vec::new();
+        let mut conn: Option<Conn> = None;
+        while !stop.load(Ordering::Relaxed) {
+            if conn.is_none() {
+                conn = src.open().await.ok();
+            }
+            let mut slot_lsn = None;
+            if let Some(c) = conn.as_mut() {
+                match c
+                    .rows(&format!(
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+                         WHERE slot_name = '{slot}'"
+                    ))
+                    .await
+                {
+                    Ok(rows) => {
+                        slot_lsn = rows.first().and_then(|r| r[0].as_deref()).and_then(lsn)
+                    }
+                    Err(_) => conn = None,
+                }
+            }
+            let mut kv_lsn = None;
+            if let Some(kv) = &kv {
+                if let Ok(Some(v)) = kv.get(format!("source.{pipeline}")).await {
+                    kv_lsn = serde_json::from_slice::<serde_json::Value>(&v)
+                        .ok()
+                        .and_then(|j| j["lsn"].as_str().and_then(lsn));
+                }
+            }
+            out.push(PosSample {
+                at: started.elapsed(),
+                slot: slot_lsn,
+                kv: kv_lsn,
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out
+    })
+}
+
+/// Checks the sampled positions: the KV checkpoint never moves backwards; the slot never
+/// moves backwards over a graceful restart (a crash may lose the slot's last
+/// un-checkpointed confirmation, never below the KV checkpoint the source resumes from), and
+/// in the end the slot has caught up with the checkpoint again.
+fn check_positions(test: &str, samples: &[PosSample], crash: bool) {
+    let mut max_kv = 0u64;
+    let mut max_slot = 0u64;
+    let mut slot_regressions = Vec::new();
+    for s in samples {
+        if let Some(kv) = s.kv {
+            assert!(
+                kv >= max_kv,
+                "[{test}] the KV checkpoint moved backwards at {:?}: {kv:X} < {max_kv:X}",
+                s.at
+            );
+            max_kv = kv;
+        }
+        if let Some(slot) = s.slot {
+            if slot < max_slot {
+                slot_regressions.push((s.at, slot, max_slot));
+            }
+            max_slot = max_slot.max(slot);
+        }
+    }
+    eprintln!(
+        "[{test}] {} position samples; final kv {max_kv:X}, slot {max_slot:X}; slot went back {} times: {:?}",
+        samples.len(),
+        slot_regressions.len(),
+        slot_regressions.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(max_kv > 0, "[{test}] never saw a KV checkpoint");
+    if !crash {
+        assert!(
+            slot_regressions.is_empty(),
+            "[{test}] the slot's confirmed_flush_lsn went backwards over a graceful restart: {slot_regressions:?}"
+        );
+    }
+    let last_slot = samples.iter().rev().find_map(|s| s.slot).unwrap_or(0);
+    assert!(
+        last_slot >= max_kv,
+        "[{test}] at the end the slot ({last_slot:X}) is behind the checkpoint ({max_kv:X})"
+    );
+}
+
+/// Restart (or crash) the database on `side` while the writer runs.
+async fn restart_case(test: &'static str, side: Side, src: Engine, sink: Engine, crash: bool) {
+    let seed: u64 = rand::random();
+    eprintln!("[{test}] seed {seed}");
+    let engine = if side == Side::Source { src } else { sink };
+    let mut server = Private::start(engine, &[]);
+    let private_ep = |e: Engine, name: &str| Ep {
+        engine: e,
+        db: unique(name),
+        private: Some(server.port()),
+        via: None,
+    };
+    let shared_ep = |e: Engine, name: &str| Ep {
+        engine: e,
+        db: unique(name),
+        private: None,
+        via: None,
+    };
+    let (src_ep, sink_ep) = match side {
+        Side::Source => (private_ep(src, "tm_fsrc"), shared_ep(sink, "tm_fdst")),
+        Side::Sink => (shared_ep(src, "tm_fsrc"), private_ep(sink, "tm_fdst")),
+    };
+    let hint = Arc::new(Mutex::new(None));
+    let eps = vec![src_ep.clone(), sink_ep.clone()];
+    let hint2 = hint.clone();
+    let body = async move {
+        let run = Run::start(test, src_ep, sink_ep).await;
+        *hint2.lock().unwrap() = Some(run.pipeline.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler_stop = Arc::new(AtomicBool::new(false));
+        let sampler = (side == Side::Source && src == Engine::Pg)
+            .then(|| spawn_pos_sampler(run.src.clone(), run.pipeline.clone(), sampler_stop.clone()));
+        let writer = spawn_writer(run.src.clone(), seed, stop.clone());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let errors_before = metric_sum(&run.metrics_text().await, "tidemark_errors_total", &[]);
+        let down_at = Instant::now();
+        server.down(crash);
+        eprintln!("[{test}] {engine:?} {side:?} {} at {:?}", if crash { "crashed" } else { "stopped" }, down_at);
+        let component = match side {
+            Side::Source => format!("{}/source", run.pipeline),
+            Side::Sink => format!("{}/sink/target", run.pipeline),
+        };
+        let body = run.wait_not_ready(&component, Duration::from_secs(20)).await;
+        eprintln!("[{test}] /readyz while down: {body}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        server.up();
+        eprintln!("[{test}] back after {:.1} s", down_at.elapsed().as_secs_f64());
+        run.wait_ready(Duration::from_secs(45), "after the restart").await;
+        eprintln!("[{test}] ready again {:.1} s after the fault", down_at.elapsed().as_secs_f64());
+        let errors_after = metric_sum(&run.metrics_text().await, "tidemark_errors_total", &[]);
+        assert!(
+            errors_after > errors_before,
+            "[{test}] tidemark_errors_total did not count the outage ({errors_before} → {errors_after})"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, Ordering::Relaxed);
+        let st = writer.await.expect("writer");
+        eprintln!("[{test}] writer: {st:?}");
+        assert!(st.ok > 300, "[{test}] the writer did too little: {st:?}");
+        if side == Side::Source {
+            assert!(st.failed > 0 || crash, "[{test}] the writer never saw the outage: {st:?}");
+        }
+        run.converge(Duration::from_secs(60)).await;
+        run.assert_applied_once().await;
+        run.assert_published_once().await;
+        if let Some(sampler) = sampler {
+            // Let the slot catch up with the last checkpoint.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            sampler_stop.store(true, Ordering::Relaxed);
+            let samples = sampler.await.expect("sampler");
+            check_positions(test, &samples, crash);
+        }
+        run.finish().await;
+    };
+    guarded(eps, hint.clone(), body).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_source_restarted_mid_stream_loses_nothing() {
+    restart_case("pg_source_restart", Side::Source, Engine::Pg, Engine::Pg, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_source_crash_mid_stream_loses_nothing() {
+    restart_case("pg_source_crash", Side::Source, Engine::Pg, Engine::My, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_source_restarted_mid_stream_loses_nothing() {
+    restart_case("my_source_restart", Side::Source, Engine::My, Engine::Pg, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_source_crash_mid_stream_loses_nothing() {
+    restart_case("my_source_crash", Side::Source, Engine::My, Engine::My, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_restarted_mid_stream_catches_up_once() {
+    restart_case("pg_sink_restart", Side::Sink, Engine::Pg, Engine::Pg, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_crash_mid_stream_catches_up_once() {
+    restart_case("pg_sink_crash", Side::Sink, Engine::My, Engine::Pg, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_sink_restarted_mid_stream_catches_up_once() {
+    restart_case("my_sink_restart", Side::Sink, Engine::My, Engine::My, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_sink_crash_mid_stream_catches_up_once() {
+    restart_case("my_sink_crash", Side::Sink, Engine::Pg, Engine::My, true).await;
+}
