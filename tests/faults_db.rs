@@ -266,10 +266,23 @@ async fn create_target_table(ep: &Ep) {
 
 type Rows = Vec<Vec<Option<String>>>;
 
+/// `CAST(<expr> AS <text type>)` for the engine.
+fn text(engine: Engine, expr: &str) -> String {
+    match engine {
+        Engine::Pg => format!("CAST({expr} AS text)"),
+        Engine::My => format!("CAST({expr} AS CHAR)"),
+    }
+}
+
 async fn dump(ep: &Ep) -> Result<Rows, String> {
     let mut c = ep.open().await?;
-    c.rows("SELECT CAST(id AS CHAR(20)), CAST(v AS CHAR(20)), note FROM items ORDER BY id")
-        .await
+    let e = ep.engine;
+    c.rows(&format!(
+        "SELECT {}, {}, note FROM items ORDER BY items.id",
+        text(e, "id"),
+        text(e, "v")
+    ))
+    .await
 }
 
 // ───────────────────────────── the writer ─────────────────────────────
@@ -519,14 +532,20 @@ impl Run {
     async fn assert_applied_once(&self) {
         let mut c = self.sink.must_open().await;
         let dup = c
-            .rows(
-                "SELECT CAST(id AS CHAR(20)), CAST(v AS CHAR(20)), CAST(COUNT(*) AS CHAR(20)) \
-                 FROM tm_audit GROUP BY id, v HAVING COUNT(*) > 1 ORDER BY id LIMIT 20",
-            )
+            .rows(&format!(
+                "SELECT {}, {}, {} FROM tm_audit GROUP BY id, v HAVING COUNT(*) > 1 \
+                 ORDER BY id LIMIT 20",
+                text(self.sink.engine, "id"),
+                text(self.sink.engine, "v"),
+                text(self.sink.engine, "COUNT(*)")
+            ))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let total = c
-            .rows("SELECT CAST(COUNT(*) AS CHAR(20)) FROM tm_audit")
+            .rows(&format!(
+                "SELECT {} FROM tm_audit",
+                text(self.sink.engine, "COUNT(*)")
+            ))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
@@ -575,7 +594,19 @@ impl Run {
     }
 
     /// Stops the daemon (SIGTERM → exit 0) and removes the stream, checkpoint, shared databases.
-    async fn finish(mut self) {
+    /// Unless `errors_expected`, the daemon must not have logged an ERROR line: a server
+    /// restart or a partition is transient (WARN and retry), never "needs attention".
+    async fn finish(mut self, errors_expected: bool) {
+        if !errors_expected {
+            let logs = self.daemon.logs();
+            let errors: Vec<&str> = logs.lines().filter(|l| l.contains(" ERROR ")).take(5).collect();
+            assert!(
+                errors.is_empty(),
+                "[{}] a transient fault was logged as ERROR (definite):\n{}",
+                self.test,
+                errors.join("\n")
+            );
+        }
         let code = self.daemon.terminate().await;
         assert_eq!(code, 0, "[{}] exit code after SIGTERM\n{}", self.test, self.log_tail(40));
         self.cleanup().await;
@@ -600,8 +631,10 @@ fn describe_diff(s: &Rows, t: &Rows) -> String {
         .map(|(k, _)| k)
         .take(5)
         .collect();
+    let first = s.iter().zip(t.iter()).find(|(a, b)| a != b);
     format!(
-        "{} source rows, {} target rows; missing {missing:?}, extra {extra:?}, differ {differ:?}",
+        "{} source rows, {} target rows; missing {missing:?}, extra {extra:?}, differ {differ:?}, \
+         first difference in order {first:?}",
         s.len(),
         t.len()
     )
@@ -739,11 +772,15 @@ fn spawn_pos_sampler(
     })
 }
 
-/// Checks the sampled positions: the KV checkpoint never moves backwards; the slot never
-/// moves backwards over a graceful restart (a crash may lose the slot's last
-/// un-checkpointed confirmation, never below the KV checkpoint the source resumes from), and
-/// in the end the slot has caught up with the checkpoint again.
-fn check_positions(test: &str, samples: &[PosSample], crash: bool) {
+/// Checks the sampled positions: the KV checkpoint (what is known to be in JetStream) never
+/// moves backwards, and in the end the slot has caught up with it again.
+///
+/// The slot itself may go back over a restart: Postgres 15 writes a logical slot's
+/// `confirmed_flush_lsn` to disk only when the slot is dirty for another reason (a graceful
+/// shutdown checkpoint does not save it; fixed in Postgres 17), and a crash loses everything
+/// since the last checkpoint. The server then re-sends transactions the source already
+/// published; [`Run::assert_published_once`] proves they were skipped.
+fn check_positions(test: &str, samples: &[PosSample]) {
     let mut max_kv = 0u64;
     let mut max_slot = 0u64;
     let mut slot_regressions = Vec::new();
@@ -770,12 +807,6 @@ fn check_positions(test: &str, samples: &[PosSample], crash: bool) {
         slot_regressions.iter().take(3).collect::<Vec<_>>()
     );
     assert!(max_kv > 0, "[{test}] never saw a KV checkpoint");
-    if !crash {
-        assert!(
-            slot_regressions.is_empty(),
-            "[{test}] the slot's confirmed_flush_lsn went backwards over a graceful restart: {slot_regressions:?}"
-        );
-    }
     let last_slot = samples.iter().rev().find_map(|s| s.slot).unwrap_or(0);
     assert!(
         last_slot >= max_kv,
@@ -853,9 +884,9 @@ async fn restart_case(test: &'static str, side: Side, src: Engine, sink: Engine,
             tokio::time::sleep(Duration::from_secs(3)).await;
             sampler_stop.store(true, Ordering::Relaxed);
             let samples = sampler.await.expect("sampler");
-            check_positions(test, &samples, crash);
+            check_positions(test, &samples);
         }
-        run.finish().await;
+        run.finish(false).await;
     };
     guarded(eps, hint.clone(), body).await;
 }

@@ -912,13 +912,14 @@ impl ReplicationClient {
     }
 
     /// Next CopyData payload of the replication stream, or `None` when the server ended the
-    /// copy (CopyDone). Cancel-safe.
+    /// copy: CopyDone, or CommandComplete alone, which is how a walsender says goodbye when
+    /// the server shuts down (PG 15 `WalSndDone` sends no CopyDone). Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, ClientError> {
         loop {
             let (tag, body) = self.read_frame("reading the replication stream").await?;
             match tag {
                 b'd' => return Ok(Some(body)),
-                b'c' => {
+                b'c' | b'C' => {
                     self.in_copy = false;
                     return Ok(None);
                 }
