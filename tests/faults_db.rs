@@ -930,3 +930,243 @@ async fn mariadb_sink_restarted_mid_stream_catches_up_once() {
 async fn mariadb_sink_crash_mid_stream_catches_up_once() {
     restart_case("my_sink_crash", Side::Sink, Engine::Pg, Engine::My, true).await;
 }
+
+// ───────────────────────────── a lost Postgres slot ─────────────────────────────
+
+/// Drops the pipeline's slot on the server, terminating its walsender first (the daemon may
+/// reconnect in between, so this retries for a while).
+async fn drop_slot(src: &Ep, slot: &str) {
+    let mut c = src.must_open().await;
+    for _ in 0..100 {
+        let _ = c
+            .exec(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"
+            ))
+            .await;
+        if c
+            .exec(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("could not drop slot {slot}");
+}
+
+/// The slot's `wal_status`, or None when it does not exist.
+async fn slot_status(src: &Ep, slot: &str) -> Option<String> {
+    let mut c = src.must_open().await;
+    c.rows(&format!(
+        "SELECT coalesce(wal_status, 'null') FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .first()
+    .and_then(|r| r[0].clone())
+}
+
+/// The daemon must stop streaming with one definite error that says what to do, retried
+/// slowly (no hot loop), visible in `/readyz`, `tidemark_component_ready` and
+/// `tidemark_errors_total{kind="slot"}`, and must not quietly create a new slot (that would
+/// skip the changes in between). Returns the `/readyz` reason.
+async fn assert_slot_error(run: &Run, slot: &str, words: &[&str]) -> String {
+    let component = format!("{}/source", run.pipeline);
+    let body = run.wait_not_ready(&component, Duration::from_secs(30)).await;
+    let watched = Instant::now();
+    // Watch a while: the error stays, the slot is not re-created behind our back.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let body = http_get(run.metrics, "/readyz")
+        .await
+        .map(|r| r.1)
+        .unwrap_or(body);
+    eprintln!("[{}] /readyz: {body}", run.test);
+    for w in words {
+        assert!(
+            body.contains(w),
+            "[{}] /readyz reason lacks {w:?}: {body}\n{}",
+            run.test,
+            run.log_tail(30)
+        );
+    }
+    let status = slot_status(&run.src, slot).await;
+    assert!(
+        status.is_none() || status.as_deref() == Some("lost"),
+        "[{}] the daemon re-created slot {slot} by itself ({status:?}): the changes in between \
+         would be skipped silently",
+        run.test
+    );
+    let metrics = run.metrics_text().await;
+    let errors = metric_sum(&metrics, "tidemark_errors_total", &["kind=\"slot\""]);
+    let ready = metric_sum(
+        &metrics,
+        "tidemark_component_ready",
+        &[&format!("component=\"{component}\"")],
+    );
+    assert!(
+        errors >= 1.0,
+        "[{}] tidemark_errors_total{{kind=\"slot\"}} = {errors}:\n{}",
+        run.test,
+        metrics
+            .lines()
+            .filter(|l| l.contains("errors_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(ready, 0.0, "[{}] tidemark_component_ready of the source", run.test);
+    let logs = run.daemon.logs();
+    let error_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" ERROR ") && l.contains(slot))
+        .collect();
+    assert!(
+        !error_lines.is_empty(),
+        "[{}] no ERROR line names the slot:\n{}",
+        run.test,
+        run.log_tail(30)
+    );
+    // Definite errors are retried slowly: a handful of attempts, not a hot loop.
+    assert!(
+        error_lines.len() <= 4,
+        "[{}] {} ERROR lines in {:?}: retried too fast",
+        run.test,
+        error_lines.len(),
+        watched.elapsed()
+    );
+    body
+}
+
+/// The documented recovery (docs/operations.md, "Lost Postgres slot"): stop, drop a lost slot,
+/// delete the checkpoint, truncate the target, start; the re-snapshot makes the target exact.
+async fn recover_lost_slot(run: &mut Run, slot: &str, writer_stop: &AtomicBool) {
+    assert_eq!(run.daemon.terminate().await, 0, "[{}] SIGTERM", run.test);
+    if slot_status(&run.src, slot).await.is_some() {
+        drop_slot(&run.src, slot).await;
+    }
+    purge_state(&run.pipeline).await;
+    run.sink
+        .must_open()
+        .await
+        .must("TRUNCATE TABLE items")
+        .await;
+    run.sink
+        .must_open()
+        .await
+        .must("TRUNCATE TABLE tm_audit")
+        .await;
+    run.daemon.restart();
+    run.wait_ready(Duration::from_secs(60), "after the recovery").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    writer_stop.store(true, Ordering::Relaxed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_slot_dropped_under_the_daemon_is_a_definite_error_with_the_fix() {
+    let test = "pg_slot_dropped";
+    let seed: u64 = rand::random();
+    let server = Private::start(Engine::Pg, &[]);
+    let src = Ep {
+        engine: Engine::Pg,
+        db: unique("tm_fsrc"),
+        private: Some(server.port()),
+        via: None,
+    };
+    let sink = Ep {
+        engine: Engine::Pg,
+        db: unique("tm_fdst"),
+        private: None,
+        via: None,
+    };
+    let hint = Arc::new(Mutex::new(None));
+    let hint2 = hint.clone();
+    let eps = vec![src.clone(), sink.clone()];
+    let body = async move {
+        let mut run = Run::start(test, src, sink).await;
+        *hint2.lock().unwrap() = Some(run.pipeline.clone());
+        let slot = format!("tidemark_{}", run.pipeline);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = spawn_writer(run.src.clone(), seed, stop.clone());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop_slot(&run.src, &slot).await;
+        eprintln!("[{test}] slot dropped");
+        assert_slot_error(&run, &slot, &["missing", "kv del", "source."]).await;
+        recover_lost_slot(&mut run, &slot, &stop).await;
+        let st = writer.await.expect("writer");
+        eprintln!("[{test}] writer: {st:?}");
+        run.converge(Duration::from_secs(60)).await;
+        run.assert_applied_once().await;
+        run.finish(true).await;
+    };
+    guarded(eps, hint, body).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_slot_invalidated_is_a_definite_error_with_the_fix() {
+    let test = "pg_slot_invalidated";
+    let seed: u64 = rand::random();
+    // A slot may hold back at most 1 MB of WAL beyond max_wal_size; then a checkpoint
+    // invalidates it (wal_status = lost).
+    let server = Private::start(
+        Engine::Pg,
+        &[
+            ("max_slot_wal_keep_size", "1MB"),
+            ("wal_keep_size", "0"),
+            ("min_wal_size", "32MB"),
+            ("max_wal_size", "32MB"),
+        ],
+    );
+    let src = Ep {
+        engine: Engine::Pg,
+        db: unique("tm_fsrc"),
+        private: Some(server.port()),
+        via: None,
+    };
+    let sink = Ep {
+        engine: Engine::Pg,
+        db: unique("tm_fdst"),
+        private: None,
+        via: None,
+    };
+    let hint = Arc::new(Mutex::new(None));
+    let hint2 = hint.clone();
+    let eps = vec![src.clone(), sink.clone()];
+    let body = async move {
+        let mut run = Run::start(test, src, sink).await;
+        *hint2.lock().unwrap() = Some(run.pipeline.clone());
+        let slot = format!("tidemark_{}", run.pipeline);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = spawn_writer(run.src.clone(), seed, stop.clone());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // tidemark is down for a long time while the server writes WAL.
+        assert_eq!(run.daemon.terminate().await, 0);
+        let mut c = run.src.must_open().await;
+        c.must("CREATE SCHEMA other; CREATE TABLE other.ballast (b text)").await;
+        let lost = wait_until(Duration::from_secs(60), || {
+            let src = run.src.clone();
+            let slot = slot.clone();
+            async move {
+                let mut c = src.must_open().await;
+                c.must(
+                    "INSERT INTO other.ballast SELECT repeat('x', 1000) FROM generate_series(1, 2000); \
+                     SELECT pg_switch_wal(); CHECKPOINT",
+                )
+                .await;
+                slot_status(&src, &slot).await.as_deref() == Some("lost")
+            }
+        })
+        .await;
+        assert!(lost, "[{test}] the slot never became lost: {:?}", slot_status(&run.src, &slot).await);
+        eprintln!("[{test}] slot invalidated (wal_status = lost)");
+        run.daemon.restart();
+        assert_slot_error(&run, &slot, &["lost", "pg_drop_replication_slot", "kv del"]).await;
+        recover_lost_slot(&mut run, &slot, &stop).await;
+        let st = writer.await.expect("writer");
+        eprintln!("[{test}] writer: {st:?}");
+        run.converge(Duration::from_secs(60)).await;
+        run.assert_applied_once().await;
+        run.finish(true).await;
+    };
+    guarded(eps, hint, body).await;
+}
