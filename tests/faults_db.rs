@@ -1170,3 +1170,95 @@ async fn postgres_slot_invalidated_is_a_definite_error_with_the_fix() {
     };
     guarded(eps, hint, body).await;
 }
+
+// ───────────────────────────── partitions ─────────────────────────────
+
+/// Blackholes the traffic between the daemon and the database on `side` (a shared server
+/// behind the proxy) for `hold` while the writer runs, then lets new connections through
+/// again. The daemon must notice on its own (timeouts: nothing closes the connections),
+/// report the component not ready, reconnect, and lose nothing.
+async fn partition_case(test: &'static str, side: Side, src: Engine, sink: Engine) {
+    let seed: u64 = rand::random();
+    eprintln!("[{test}] seed {seed}");
+    let engine = if side == Side::Source { src } else { sink };
+    let proxy = Proxy::start(shared_addr(engine)).await;
+    let mut src_ep = Ep {
+        engine: src,
+        db: unique("tm_fsrc"),
+        private: None,
+        via: None,
+    };
+    let mut sink_ep = Ep {
+        engine: sink,
+        db: unique("tm_fdst"),
+        private: None,
+        via: None,
+    };
+    match side {
+        Side::Source => src_ep.via = Some(proxy.port()),
+        Side::Sink => sink_ep.via = Some(proxy.port()),
+    }
+    let hint = Arc::new(Mutex::new(None));
+    let hint2 = hint.clone();
+    let eps = vec![src_ep.clone(), sink_ep.clone()];
+    let body = async move {
+        let run = Run::start(test, src_ep, sink_ep).await;
+        *hint2.lock().unwrap() = Some(run.pipeline.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = spawn_writer(run.src.clone(), seed, stop.clone());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let component = match side {
+            Side::Source => format!("{}/source", run.pipeline),
+            Side::Sink => format!("{}/sink/target", run.pipeline),
+        };
+        let accepted = proxy.accepted();
+        let cut = Instant::now();
+        proxy.blackhole();
+        eprintln!("[{test}] partition on the {side:?} side");
+        let body = run.wait_not_ready(&component, Duration::from_secs(30)).await;
+        eprintln!(
+            "[{test}] detected after {:.1} s: {body}",
+            cut.elapsed().as_secs_f64()
+        );
+        // Stay partitioned a little longer: reconnect attempts meet a dead network too.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        proxy.pass();
+        let healed = Instant::now();
+        run.wait_ready(Duration::from_secs(45), "after the partition healed")
+            .await;
+        eprintln!(
+            "[{test}] ready {:.1} s after the partition healed ({} new connections)",
+            healed.elapsed().as_secs_f64(),
+            proxy.accepted() - accepted
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, Ordering::Relaxed);
+        let st = writer.await.expect("writer");
+        eprintln!("[{test}] writer: {st:?}");
+        run.converge(Duration::from_secs(60)).await;
+        run.assert_applied_once().await;
+        run.assert_published_once().await;
+        run.finish(false).await;
+    };
+    guarded(eps, hint, body).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_source_partition_is_detected_and_survived() {
+    partition_case("pg_source_partition", Side::Source, Engine::Pg, Engine::Pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_source_partition_is_detected_and_survived() {
+    partition_case("my_source_partition", Side::Source, Engine::My, Engine::Pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_partition_is_detected_and_survived() {
+    partition_case("pg_sink_partition", Side::Sink, Engine::My, Engine::Pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_sink_partition_is_detected_and_survived() {
+    partition_case("my_sink_partition", Side::Sink, Engine::Pg, Engine::My).await;
+}
