@@ -59,8 +59,14 @@ struct Ep {
 
 /// `host:port` of a URL such as `postgres://user@127.0.0.1:5432`.
 fn authority(url: &str) -> (usize, usize) {
-    let start = url.find('@').map(|i| i + 1).unwrap_or_else(|| url.find("//").unwrap() + 2);
-    let end = url[start..].find('/').map(|i| start + i).unwrap_or(url.len());
+    let start = url
+        .find('@')
+        .map(|i| i + 1)
+        .unwrap_or_else(|| url.find("//").unwrap() + 2);
+    let end = url[start..]
+        .find('/')
+        .map(|i| start + i)
+        .unwrap_or(url.len());
     (start, end)
 }
 
@@ -296,11 +302,7 @@ struct WriterStats {
 
 /// Inserts (fresh ids, `v = 0`), updates (`v = v + 1`), deletes and small multi-row
 /// transactions against the source until `stop`; reconnects through any outage.
-fn spawn_writer(
-    ep: Ep,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<WriterStats> {
+fn spawn_writer(ep: Ep, seed: u64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<WriterStats> {
     tokio::spawn(async move {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut st = WriterStats::default();
@@ -329,7 +331,10 @@ fn spawn_writer(
                 format!("INSERT INTO items (id, v, note) VALUES ({id}, 0, 'n{id}')")
             } else if roll < 85 {
                 let id = live[rng.random_range(0..live.len())];
-                format!("UPDATE items SET v = v + 1, note = 'u{}' WHERE id = {id}", rng.random::<u16>())
+                format!(
+                    "UPDATE items SET v = v + 1, note = 'u{}' WHERE id = {id}",
+                    rng.random::<u16>()
+                )
             } else if roll < 92 {
                 let id = live.swap_remove(rng.random_range(0..live.len()));
                 format!("DELETE FROM items WHERE id = {id}")
@@ -362,17 +367,25 @@ fn spawn_writer(
 /// `GET path` on 127.0.0.1:port; `(status, body)` or None.
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .await
             .ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).await.ok()?;
         let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Some((code, body))
     };
-    tokio::time::timeout(Duration::from_secs(5), fut).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Sum of every sample of `family` whose labels contain all `labels` fragments.
@@ -411,7 +424,7 @@ fn daemon_config(pipeline: &str, metrics: u16, src: &Ep, sink: &Ep) -> String {
     format!(
         "[nats]\nurl = \"{NATS}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n\
          [[pipelines]]\nname = \"{pipeline}\"\n  [pipelines.source]\n{source}  heartbeat_secs = 1\n\
-         \n  [[pipelines.sinks]]\n  name = \"target\"\n  kind = \"{kind}\"\n  url = \"{}\"\n{schema}",
+         \n  [[pipelines.sinks]]\n  name = \"target\"\n  kind = \"{kind}\"\n  url = \"{}\"\n  timeout_secs = 5\n{schema}",
         sink.url_daemon()
     )
 }
@@ -496,7 +509,10 @@ impl Run {
     }
 
     async fn metrics_text(&self) -> String {
-        http_get(self.metrics, "/metrics").await.map(|r| r.1).unwrap_or_default()
+        http_get(self.metrics, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default()
     }
 
     /// Target equals source, within `timeout`.
@@ -554,7 +570,10 @@ impl Run {
             self.test,
             self.log_tail(60)
         );
-        eprintln!("[{}] {:?} row versions written, none twice", self.test, total);
+        eprintln!(
+            "[{}] {:?} row versions written, none twice",
+            self.test, total
+        );
     }
 
     /// No row version was published twice (the source's skip of re-sent transactions and the
@@ -571,11 +590,17 @@ impl Run {
             .state
             .messages;
         let envs = read_envelopes(&self.stream(), info as usize, Duration::from_secs(30)).await;
-        assert_eq!(envs.len() as u64, info, "[{}] could not read the whole stream", self.test);
+        assert_eq!(
+            envs.len() as u64,
+            info,
+            "[{}] could not read the whole stream",
+            self.test
+        );
         let mut seen: HashMap<(i64, i64), u32> = HashMap::new();
         let mut ids: HashMap<String, u32> = HashMap::new();
         for e in &envs {
-            *ids.entry(e["id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+            *ids.entry(e["id"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
             if let Some(after) = e.get("after").filter(|a| a.is_object()) {
                 let (Some(id), Some(v)) = (after["id"].as_i64(), after["v"].as_i64()) else {
                     continue;
@@ -590,7 +615,11 @@ impl Run {
             "[{}] published twice: versions {dup:?}, ids {dup_ids:?}",
             self.test
         );
-        eprintln!("[{}] {} events in the stream, none twice", self.test, envs.len());
+        eprintln!(
+            "[{}] {} events in the stream, none twice",
+            self.test,
+            envs.len()
+        );
     }
 
     /// Stops the daemon (SIGTERM → exit 0) and removes the stream, checkpoint, shared databases.
@@ -599,7 +628,11 @@ impl Run {
     async fn finish(mut self, errors_expected: bool) {
         if !errors_expected {
             let logs = self.daemon.logs();
-            let errors: Vec<&str> = logs.lines().filter(|l| l.contains(" ERROR ")).take(5).collect();
+            let errors: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains(" ERROR "))
+                .take(5)
+                .collect();
             assert!(
                 errors.is_empty(),
                 "[{}] a transient fault was logged as ERROR (definite):\n{}",
@@ -608,7 +641,13 @@ impl Run {
             );
         }
         let code = self.daemon.terminate().await;
-        assert_eq!(code, 0, "[{}] exit code after SIGTERM\n{}", self.test, self.log_tail(40));
+        assert_eq!(
+            code,
+            0,
+            "[{}] exit code after SIGTERM\n{}",
+            self.test,
+            self.log_tail(40)
+        );
         self.cleanup().await;
     }
 
@@ -642,7 +681,11 @@ fn describe_diff(s: &Rows, t: &Rows) -> String {
 
 /// Runs `body`; on a panic the daemon log is printed by `Daemon`'s Drop, and the shared
 /// databases are removed either way by the body's own `finish` or here.
-async fn guarded(cleanup_eps: Vec<Ep>, pipeline_hint: Arc<Mutex<Option<String>>>, body: impl std::future::Future<Output = ()>) {
+async fn guarded(
+    cleanup_eps: Vec<Ep>,
+    pipeline_hint: Arc<Mutex<Option<String>>>,
+    body: impl std::future::Future<Output = ()>,
+) {
     let outcome = AssertUnwindSafe(body).catch_unwind().await;
     if outcome.is_err() {
         if let Some(p) = pipeline_hint.lock().unwrap().clone() {
@@ -747,9 +790,7 @@ fn spawn_pos_sampler(
                     ))
                     .await
                 {
-                    Ok(rows) => {
-                        slot_lsn = rows.first().and_then(|r| r[0].as_deref()).and_then(lsn)
-                    }
+                    Ok(rows) => slot_lsn = rows.first().and_then(|r| r[0].as_deref()).and_then(lsn),
                     Err(_) => conn = None,
                 }
             }
@@ -844,25 +885,39 @@ async fn restart_case(test: &'static str, side: Side, src: Engine, sink: Engine,
         *hint2.lock().unwrap() = Some(run.pipeline.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let sampler_stop = Arc::new(AtomicBool::new(false));
-        let sampler = (side == Side::Source && src == Engine::Pg)
-            .then(|| spawn_pos_sampler(run.src.clone(), run.pipeline.clone(), sampler_stop.clone()));
+        let sampler = (side == Side::Source && src == Engine::Pg).then(|| {
+            spawn_pos_sampler(run.src.clone(), run.pipeline.clone(), sampler_stop.clone())
+        });
         let writer = spawn_writer(run.src.clone(), seed, stop.clone());
         tokio::time::sleep(Duration::from_secs(4)).await;
         let errors_before = metric_sum(&run.metrics_text().await, "tidemark_errors_total", &[]);
         let down_at = Instant::now();
         server.down(crash);
-        eprintln!("[{test}] {engine:?} {side:?} {} at {:?}", if crash { "crashed" } else { "stopped" }, down_at);
+        eprintln!(
+            "[{test}] {engine:?} {side:?} {} at {:?}",
+            if crash { "crashed" } else { "stopped" },
+            down_at
+        );
         let component = match side {
             Side::Source => format!("{}/source", run.pipeline),
             Side::Sink => format!("{}/sink/target", run.pipeline),
         };
-        let body = run.wait_not_ready(&component, Duration::from_secs(20)).await;
+        let body = run
+            .wait_not_ready(&component, Duration::from_secs(20))
+            .await;
         eprintln!("[{test}] /readyz while down: {body}");
         tokio::time::sleep(Duration::from_secs(2)).await;
         server.up();
-        eprintln!("[{test}] back after {:.1} s", down_at.elapsed().as_secs_f64());
-        run.wait_ready(Duration::from_secs(45), "after the restart").await;
-        eprintln!("[{test}] ready again {:.1} s after the fault", down_at.elapsed().as_secs_f64());
+        eprintln!(
+            "[{test}] back after {:.1} s",
+            down_at.elapsed().as_secs_f64()
+        );
+        run.wait_ready(Duration::from_secs(45), "after the restart")
+            .await;
+        eprintln!(
+            "[{test}] ready again {:.1} s after the fault",
+            down_at.elapsed().as_secs_f64()
+        );
         let errors_after = metric_sum(&run.metrics_text().await, "tidemark_errors_total", &[]);
         assert!(
             errors_after > errors_before,
@@ -874,7 +929,10 @@ async fn restart_case(test: &'static str, side: Side, src: Engine, sink: Engine,
         eprintln!("[{test}] writer: {st:?}");
         assert!(st.ok > 300, "[{test}] the writer did too little: {st:?}");
         if side == Side::Source {
-            assert!(st.failed > 0 || crash, "[{test}] the writer never saw the outage: {st:?}");
+            assert!(
+                st.failed > 0 || crash,
+                "[{test}] the writer never saw the outage: {st:?}"
+            );
         }
         run.converge(Duration::from_secs(60)).await;
         run.assert_applied_once().await;
@@ -893,22 +951,50 @@ async fn restart_case(test: &'static str, side: Side, src: Engine, sink: Engine,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_source_restarted_mid_stream_loses_nothing() {
-    restart_case("pg_source_restart", Side::Source, Engine::Pg, Engine::Pg, false).await;
+    restart_case(
+        "pg_source_restart",
+        Side::Source,
+        Engine::Pg,
+        Engine::Pg,
+        false,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_source_crash_mid_stream_loses_nothing() {
-    restart_case("pg_source_crash", Side::Source, Engine::Pg, Engine::My, true).await;
+    restart_case(
+        "pg_source_crash",
+        Side::Source,
+        Engine::Pg,
+        Engine::My,
+        true,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_source_restarted_mid_stream_loses_nothing() {
-    restart_case("my_source_restart", Side::Source, Engine::My, Engine::Pg, false).await;
+    restart_case(
+        "my_source_restart",
+        Side::Source,
+        Engine::My,
+        Engine::Pg,
+        false,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_source_crash_mid_stream_loses_nothing() {
-    restart_case("my_source_crash", Side::Source, Engine::My, Engine::My, true).await;
+    restart_case(
+        "my_source_crash",
+        Side::Source,
+        Engine::My,
+        Engine::My,
+        true,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -944,8 +1030,7 @@ async fn drop_slot(src: &Ep, slot: &str) {
                  WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"
             ))
             .await;
-        if c
-            .exec(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+        if c.exec(&format!("SELECT pg_drop_replication_slot('{slot}')"))
             .await
             .is_ok()
         {
@@ -974,7 +1059,9 @@ async fn slot_status(src: &Ep, slot: &str) -> Option<String> {
 /// skip the changes in between). Returns the `/readyz` reason.
 async fn assert_slot_error(run: &Run, slot: &str, words: &[&str]) -> String {
     let component = format!("{}/source", run.pipeline);
-    let body = run.wait_not_ready(&component, Duration::from_secs(30)).await;
+    let body = run
+        .wait_not_ready(&component, Duration::from_secs(30))
+        .await;
     let watched = Instant::now();
     // Watch a while: the error stays, the slot is not re-created behind our back.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -1015,7 +1102,11 @@ async fn assert_slot_error(run: &Run, slot: &str, words: &[&str]) -> String {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert_eq!(ready, 0.0, "[{}] tidemark_component_ready of the source", run.test);
+    assert_eq!(
+        ready, 0.0,
+        "[{}] tidemark_component_ready of the source",
+        run.test
+    );
     let logs = run.daemon.logs();
     let error_lines: Vec<&str> = logs
         .lines()
@@ -1057,7 +1148,8 @@ async fn recover_lost_slot(run: &mut Run, slot: &str, writer_stop: &AtomicBool) 
         .must("TRUNCATE TABLE tm_audit")
         .await;
     run.daemon.restart();
-    run.wait_ready(Duration::from_secs(60), "after the recovery").await;
+    run.wait_ready(Duration::from_secs(60), "after the recovery")
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     writer_stop.store(true, Ordering::Relaxed);
 }
@@ -1142,7 +1234,8 @@ async fn postgres_slot_invalidated_is_a_definite_error_with_the_fix() {
         // tidemark is down for a long time while the server writes WAL.
         assert_eq!(run.daemon.terminate().await, 0);
         let mut c = run.src.must_open().await;
-        c.must("CREATE SCHEMA other; CREATE TABLE other.ballast (b text)").await;
+        c.must("CREATE SCHEMA other; CREATE TABLE other.ballast (b text)")
+            .await;
         let lost = wait_until(Duration::from_secs(60), || {
             let src = run.src.clone();
             let slot = slot.clone();
@@ -1157,7 +1250,11 @@ async fn postgres_slot_invalidated_is_a_definite_error_with_the_fix() {
             }
         })
         .await;
-        assert!(lost, "[{test}] the slot never became lost: {:?}", slot_status(&run.src, &slot).await);
+        assert!(
+            lost,
+            "[{test}] the slot never became lost: {:?}",
+            slot_status(&run.src, &slot).await
+        );
         eprintln!("[{test}] slot invalidated (wal_status = lost)");
         run.daemon.restart();
         assert_slot_error(&run, &slot, &["lost", "pg_drop_replication_slot", "kv del"]).await;
@@ -1215,7 +1312,9 @@ async fn partition_case(test: &'static str, side: Side, src: Engine, sink: Engin
         let cut = Instant::now();
         proxy.blackhole();
         eprintln!("[{test}] partition on the {side:?} side");
-        let body = run.wait_not_ready(&component, Duration::from_secs(30)).await;
+        let body = run
+            .wait_not_ready(&component, Duration::from_secs(30))
+            .await;
         eprintln!(
             "[{test}] detected after {:.1} s: {body}",
             cut.elapsed().as_secs_f64()

@@ -328,10 +328,18 @@ pub struct SinkConfig {
     /// Create missing target tables from the envelope schema. Default false.
     #[serde(default)]
     pub create_tables: bool,
+    /// Seconds one target operation (connect, a batch statement, a commit) may take before
+    /// the connection is presumed dead and the session restarts (transient). Default 60.
+    #[serde(default = "default_sink_timeout")]
+    pub timeout_secs: u64,
 }
 
 fn default_batch() -> usize {
     2000
+}
+
+fn default_sink_timeout() -> u64 {
+    60
 }
 
 /// A configuration mistake found without touching any server.
@@ -449,6 +457,9 @@ impl Config {
                 }
                 if k.batch_size == 0 {
                     return Err(err(at("batch_size"), "must be at least 1"));
+                }
+                if k.timeout_secs == 0 {
+                    return Err(err(at("timeout_secs"), "must be at least 1"));
                 }
                 if k.kind == SinkKind::Mysql && k.schema.is_some() {
                     return Err(err(
