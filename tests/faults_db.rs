@@ -688,7 +688,8 @@ async fn guarded(
 ) {
     let outcome = AssertUnwindSafe(body).catch_unwind().await;
     if outcome.is_err() {
-        if let Some(p) = pipeline_hint.lock().unwrap().clone() {
+        let pipeline = pipeline_hint.lock().unwrap().clone();
+        if let Some(p) = pipeline {
             delete_stream(&format!("TIDEMARK_{}", p.to_uppercase())).await;
             purge_state(&p).await;
         }
@@ -946,7 +947,7 @@ async fn restart_case(test: &'static str, side: Side, src: Engine, sink: Engine,
         }
         run.finish(false).await;
     };
-    guarded(eps, hint.clone(), body).await;
+    guarded(eps, hint.clone(), Box::pin(body)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -999,22 +1000,50 @@ async fn mariadb_source_crash_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sink_restarted_mid_stream_catches_up_once() {
-    restart_case("pg_sink_restart", Side::Sink, Engine::Pg, Engine::Pg, false).await;
+    Box::pin(restart_case(
+        "pg_sink_restart",
+        Side::Sink,
+        Engine::Pg,
+        Engine::Pg,
+        false,
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sink_crash_mid_stream_catches_up_once() {
-    restart_case("pg_sink_crash", Side::Sink, Engine::My, Engine::Pg, true).await;
+    Box::pin(restart_case(
+        "pg_sink_crash",
+        Side::Sink,
+        Engine::My,
+        Engine::Pg,
+        true,
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_sink_restarted_mid_stream_catches_up_once() {
-    restart_case("my_sink_restart", Side::Sink, Engine::My, Engine::My, false).await;
+    Box::pin(restart_case(
+        "my_sink_restart",
+        Side::Sink,
+        Engine::My,
+        Engine::My,
+        false,
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_sink_crash_mid_stream_catches_up_once() {
-    restart_case("my_sink_crash", Side::Sink, Engine::Pg, Engine::My, true).await;
+    Box::pin(restart_case(
+        "my_sink_crash",
+        Side::Sink,
+        Engine::Pg,
+        Engine::My,
+        true,
+    ))
+    .await;
 }
 
 // ───────────────────────────── a lost Postgres slot ─────────────────────────────
@@ -1191,7 +1220,7 @@ async fn postgres_slot_dropped_under_the_daemon_is_a_definite_error_with_the_fix
         run.assert_applied_once().await;
         run.finish(true).await;
     };
-    guarded(eps, hint, body).await;
+    guarded(eps, hint, Box::pin(body)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1265,7 +1294,7 @@ async fn postgres_slot_invalidated_is_a_definite_error_with_the_fix() {
         run.assert_applied_once().await;
         run.finish(true).await;
     };
-    guarded(eps, hint, body).await;
+    guarded(eps, hint, Box::pin(body)).await;
 }
 
 // ───────────────────────────── partitions ─────────────────────────────
@@ -1339,25 +1368,49 @@ async fn partition_case(test: &'static str, side: Side, src: Engine, sink: Engin
         run.assert_published_once().await;
         run.finish(false).await;
     };
-    guarded(eps, hint, body).await;
+    guarded(eps, hint, Box::pin(body)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_source_partition_is_detected_and_survived() {
-    partition_case("pg_source_partition", Side::Source, Engine::Pg, Engine::Pg).await;
+    Box::pin(partition_case(
+        "pg_source_partition",
+        Side::Source,
+        Engine::Pg,
+        Engine::Pg,
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_source_partition_is_detected_and_survived() {
-    partition_case("my_source_partition", Side::Source, Engine::My, Engine::Pg).await;
+    Box::pin(partition_case(
+        "my_source_partition",
+        Side::Source,
+        Engine::My,
+        Engine::Pg,
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sink_partition_is_detected_and_survived() {
-    partition_case("pg_sink_partition", Side::Sink, Engine::My, Engine::Pg).await;
+    Box::pin(partition_case(
+        "pg_sink_partition",
+        Side::Sink,
+        Engine::My,
+        Engine::Pg,
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_sink_partition_is_detected_and_survived() {
-    partition_case("my_sink_partition", Side::Sink, Engine::Pg, Engine::My).await;
+    Box::pin(partition_case(
+        "my_sink_partition",
+        Side::Sink,
+        Engine::Pg,
+        Engine::My,
+    ))
+    .await;
 }

@@ -521,6 +521,23 @@ mod tests {
     }
 
     #[test]
+    fn sink_timeout_defaults_to_60_and_rejects_0() {
+        let file = |extra: &str| {
+            format!(
+                "[[pipelines]]\nname = \"p\"\n[pipelines.source]\nkind = \"postgres\"\n\
+                 url = \"postgres://u@h/d\"\n[[pipelines.sinks]]\nname = \"s\"\n\
+                 kind = \"postgres\"\nurl = \"postgres://u@h/d\"\n{extra}"
+            )
+        };
+        let c: Config = toml::from_str(&file("")).unwrap();
+        assert_eq!(c.pipelines[0].sinks[0].timeout_secs, 60);
+        assert!(c.validate().is_ok());
+        let c: Config = toml::from_str(&file("timeout_secs = 0\n")).unwrap();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.path, "pipelines[0].sinks[0].timeout_secs");
+    }
+
+    #[test]
     fn unknown_key_is_rejected() {
         let e = toml::from_str::<Config>("[nats]\nurll = \"x\"\n");
         assert!(e.is_err());
