@@ -11,6 +11,7 @@ mod mysql_edge_values;
 mod json_values;
 mod large_rows;
 mod faults_nats;
+mod faults_db;
 mod mysql_sink;
 mod mysql_source;
 mod nats_compat;

@@ -417,10 +417,18 @@ pub struct SinkConfig {
     /// Create missing target tables from the envelope schema. Default false.
     #[serde(default)]
     pub create_tables: bool,
+    /// Seconds one target operation (connect, a batch statement, a commit) may take before
+    /// the connection is presumed dead and the session restarts (transient). Default 60.
+    #[serde(default = "default_sink_timeout")]
+    pub timeout_secs: u64,
 }
 
 fn default_batch() -> usize {
     2000
+}
+
+fn default_sink_timeout() -> u64 {
+    60
 }
 
 /// A configuration mistake found without touching any server.
@@ -548,6 +556,9 @@ impl Config {
                 if k.batch_size == 0 {
                     return Err(err(at("batch_size"), "must be at least 1"));
                 }
+                if k.timeout_secs == 0 {
+                    return Err(err(at("timeout_secs"), "must be at least 1"));
+                }
                 if k.kind == SinkKind::Mysql && k.schema.is_some() {
                     return Err(err(
                         at("schema"),
@@ -643,6 +654,23 @@ mod tests {
         let bad = base.replace("name = \"p\"\n", "name = \"p\"\noversize = \"drop\"\n");
         let e = toml::from_str::<Config>(&bad).unwrap_err().to_string();
         assert!(e.contains("oversize") || e.contains("reference"), "{e}");
+    }
+
+    #[test]
+    fn sink_timeout_defaults_to_60_and_rejects_0() {
+        let file = |extra: &str| {
+            format!(
+                "[[pipelines]]\nname = \"p\"\n[pipelines.source]\nkind = \"postgres\"\n\
+                 url = \"postgres://u@h/d\"\n[[pipelines.sinks]]\nname = \"s\"\n\
+                 kind = \"postgres\"\nurl = \"postgres://u@h/d\"\n{extra}"
+            )
+        };
+        let c: Config = toml::from_str(&file("")).unwrap();
+        assert_eq!(c.pipelines[0].sinks[0].timeout_secs, 60);
+        assert!(c.validate().is_ok());
+        let c: Config = toml::from_str(&file("timeout_secs = 0\n")).unwrap();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.path, "pipelines[0].sinks[0].timeout_secs");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod faults;
 pub mod private_nats;
+pub mod private_db;
 pub mod proxy;
 
 use async_nats::jetstream;

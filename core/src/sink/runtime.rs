@@ -16,6 +16,9 @@
 //! acknowledged after the commit; inside a very large transaction they are acknowledged early
 //! as flow control only (the resume point is the stored offset, not the consumer).
 //!
+//! Every writer call has a deadline (`timeout_secs`): a target behind a partition answers
+//! nothing and reports nothing, so the deadline is the only way to notice it.
+//!
 //! Any error ends the session: the open transaction is rolled back, the writer dropped, and a
 //! new session starts after a backoff (short for transient errors, slow for definite ones;
 //! the sink never exits on its own). A definite error while applying triggers one *isolation*
@@ -144,12 +147,23 @@ pub enum SinkError {
     /// Shutdown fired while waiting on the target.
     #[error("shutdown while waiting for the target")]
     Aborted,
+    /// One target operation took longer than the sink's `timeout_secs`.
+    #[error(
+        "target did not answer within {secs} s (timeout_secs); connection presumed dead \
+         (server down, network partition or half-open TCP), reconnecting"
+    )]
+    Timeout {
+        /// The limit.
+        secs: u64,
+    },
 }
 
 impl Classify for SinkError {
     fn retry(&self) -> Retry {
         match self {
-            SinkError::Nats { .. } | SinkError::Aborted => Retry::Transient,
+            SinkError::Nats { .. } | SinkError::Aborted | SinkError::Timeout { .. } => {
+                Retry::Transient
+            }
             SinkError::Target(f) | SinkError::NeedsIsolation { cause: f, .. } => f.retry,
             SinkError::Poison { .. }
             | SinkError::Malformed { .. }
@@ -164,6 +178,7 @@ impl Classify for SinkError {
             SinkError::Malformed { .. } => "malformed",
             SinkError::StreamLost { .. } => "stream_lost",
             SinkError::Aborted => "shutdown",
+            SinkError::Timeout { .. } => "timeout",
         }
     }
 }
@@ -359,11 +374,16 @@ async fn session<W: SinkWriter>(ctx: &SinkContext, shared: &mut Shared) -> Resul
     result
 }
 
-/// Runs `fut` unless shutdown fires first.
+/// Runs `fut` (a writer call) unless shutdown fires first; gives up after the sink's
+/// `timeout_secs`: a partition or half-open connection never answers and never errors, so
+/// only a deadline gets the sink out of it.
 async fn guarded<T>(ctx: &SinkContext, fut: impl Future<Output = T>) -> Result<T, SinkError> {
+    let secs = ctx.sink.timeout_secs;
     tokio::select! {
         _ = ctx.shutdown.cancelled() => Err(SinkError::Aborted),
-        v = fut => Ok(v),
+        v = tokio::time::timeout(Duration::from_secs(secs), fut) => {
+            v.map_err(|_| SinkError::Timeout { secs })
+        }
     }
 }
 

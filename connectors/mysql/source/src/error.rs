@@ -68,7 +68,7 @@ pub enum SourceError {
         source: mysql_async::Error,
     },
     /// The server ended the binlog stream.
-    #[error("the server closed the binlog stream; if another replica or tidemark instance connected with server_id {server_id}, the server dropped this one (use a unique server_id per connector)")]
+    #[error("the server closed the binlog stream (a server shutdown or restart; or another replica or tidemark instance connected with server_id {server_id} and the server dropped this one: use a unique server_id per connector)")]
     StreamEnded {
         /// Our replica id.
         server_id: u32,

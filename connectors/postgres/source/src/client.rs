@@ -257,6 +257,15 @@ pub enum SqlError {
         /// What failed.
         message: String,
     },
+    /// Connecting (TCP, TLS and login together) took too long: the server or the network
+    /// does not answer (a partition swallows the handshake; only a timeout notices).
+    #[error("{context}: no answer within {secs} s")]
+    Timeout {
+        /// What we were doing.
+        context: String,
+        /// Seconds waited.
+        secs: u64,
+    },
 }
 
 fn describe_sql(e: &tokio_postgres::Error) -> String {
@@ -288,7 +297,7 @@ impl SqlError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             SqlError::Query { source, .. } => source.as_db_error().map(|d| d.code().code()),
-            SqlError::Setup { .. } => None,
+            SqlError::Setup { .. } | SqlError::Timeout { .. } => None,
         }
     }
 }
@@ -297,6 +306,7 @@ impl Classify for SqlError {
     fn retry(&self) -> Retry {
         match self {
             SqlError::Setup { .. } => Retry::Definite,
+            SqlError::Timeout { .. } => Retry::Transient,
             SqlError::Query { source, .. } => match source.as_db_error() {
                 Some(db) => retry_for_sqlstate(db.code().code()),
                 None => {
@@ -319,6 +329,7 @@ impl Classify for SqlError {
     fn kind(&self) -> &'static str {
         match (self, self.sqlstate()) {
             (SqlError::Setup { .. }, _) => "config",
+            (SqlError::Timeout { .. }, _) => "timeout",
             (_, Some(c)) if c.starts_with("28") => "auth",
             (_, Some(_)) => "server",
             (_, None) => "connection",
@@ -327,8 +338,21 @@ impl Classify for SqlError {
 }
 
 /// Opens an ordinary SQL connection with the pinned session settings (and TLS per `sslmode`);
-/// the connection task runs in the background until the client is dropped.
+/// the connection task runs in the background until the client is dropped. TCP connect, TLS
+/// and login together must finish within the connect timeout (at least 5 s): tokio-postgres
+/// times out the TCP connect only.
 pub async fn sql_connect(s: &PgSettings) -> Result<tokio_postgres::Client, SqlError> {
+    let limit = s.connect_timeout.max(Duration::from_secs(5));
+    match tokio::time::timeout(limit, sql_connect_inner(s)).await {
+        Ok(r) => r,
+        Err(_) => Err(SqlError::Timeout {
+            context: format!("connecting to {} for SQL", s.redacted_url),
+            secs: limit.as_secs(),
+        }),
+    }
+}
+
+async fn sql_connect_inner(s: &PgSettings) -> Result<tokio_postgres::Client, SqlError> {
     let cfg = s.sql_config();
     let context = || format!("connecting to {} for SQL", s.redacted_url);
     let tls = s.tls_config().map_err(|e| SqlError::Setup {
@@ -464,8 +488,21 @@ fn frontend_io(context: &'static str) -> impl Fn(io::Error) -> ClientError {
 }
 
 impl ReplicationClient {
-    /// Connects, negotiates TLS per `sslmode`, authenticates and waits for ReadyForQuery.
+    /// Connects, negotiates TLS per `sslmode`, authenticates and waits for ReadyForQuery; the
+    /// whole handshake must finish within the connect timeout (at least 5 s), so a server
+    /// behind a partition that accepts TCP but never answers is given up.
     pub async fn connect(s: &PgSettings) -> Result<ReplicationClient, ClientError> {
+        let limit = s.connect_timeout.max(Duration::from_secs(5));
+        match tokio::time::timeout(limit, Self::connect_inner(s)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                what: format!("connecting to postgres at {}:{}", s.host, s.port),
+                secs: limit.as_secs(),
+            }),
+        }
+    }
+
+    async fn connect_inner(s: &PgSettings) -> Result<ReplicationClient, ClientError> {
         let addr = if s.host.contains(':') {
             format!("[{}]:{}", s.host, s.port)
         } else {
@@ -912,13 +949,14 @@ impl ReplicationClient {
     }
 
     /// Next CopyData payload of the replication stream, or `None` when the server ended the
-    /// copy (CopyDone). Cancel-safe.
+    /// copy: CopyDone, or CommandComplete alone, which is how a walsender says goodbye when
+    /// the server shuts down (PG 15 `WalSndDone` sends no CopyDone). Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, ClientError> {
         loop {
             let (tag, body) = self.read_frame("reading the replication stream").await?;
             match tag {
                 b'd' => return Ok(Some(body)),
-                b'c' => {
+                b'c' | b'C' => {
                     self.in_copy = false;
                     return Ok(None);
                 }

@@ -103,8 +103,9 @@ pub enum SourceError {
     },
     /// The slot the checkpoint refers to is gone: changes since then are lost to us.
     #[error("replication slot {slot:?} is missing, but pipeline {pipeline:?} has a checkpoint at {lsn}: \
-             changes after it may be lost. Reset the pipeline (delete key {key:?} from the KV bucket) to take \
-             a new snapshot")]
+             changes after it may be lost. Re-snapshot: stop tidemark, delete the checkpoint \
+             (nats kv del {bucket} {key}), truncate the selected target tables for an exact copy, and \
+             start again; tidemark creates the slot and takes a new snapshot")]
     SlotMissing {
         /// Pipeline.
         pipeline: String,
@@ -112,6 +113,27 @@ pub enum SourceError {
         slot: String,
         /// Stored LSN.
         lsn: String,
+        /// State bucket.
+        bucket: String,
+        /// KV key.
+        key: String,
+    },
+    /// The server invalidated the slot (`wal_status = lost`): the WAL after the checkpoint is
+    /// gone.
+    #[error("replication slot {slot:?} was invalidated by the server (wal_status = lost: it held back more \
+             WAL than max_slot_wal_keep_size allows), so the changes after checkpoint {lsn} of pipeline \
+             {pipeline:?} are gone. Re-snapshot: stop tidemark, run SELECT pg_drop_replication_slot('{slot}'); \
+             and nats kv del {bucket} {key}, truncate the selected target tables for an exact copy, and start \
+             again. To avoid it: raise max_slot_wal_keep_size, alert on tidemark_source_slot_lag_bytes")]
+    SlotLost {
+        /// Pipeline.
+        pipeline: String,
+        /// Slot.
+        slot: String,
+        /// Stored LSN.
+        lsn: String,
+        /// State bucket.
+        bucket: String,
         /// KV key.
         key: String,
     },
@@ -163,7 +185,9 @@ impl Classify for SourceError {
             SourceError::OtherSystem { .. }
             | SourceError::OtherSlot { .. }
             | SourceError::BadCheckpoint(_) => "checkpoint",
-            SourceError::SlotMissing { .. } | SourceError::ForeignSlot { .. } => "slot",
+            SourceError::SlotMissing { .. }
+            | SourceError::SlotLost { .. }
+            | SourceError::ForeignSlot { .. } => "slot",
             SourceError::NoTables { .. } => "config",
             SourceError::SlotWait { .. } => "slot_wait",
         }
@@ -356,13 +380,26 @@ async fn run_inner(ctx: &SourceContext<u64>, component: &str) -> Result<(), Fail
             .value
             .lsn_value()
             .ok_or_else(|| fail(SourceError::BadCheckpoint(v.value.lsn.clone())))?;
-        if slot.is_none() {
-            return Err(fail(SourceError::SlotMissing {
-                pipeline: settings.pipeline.clone(),
-                slot: settings.slot.clone(),
-                lsn: v.value.lsn.clone(),
-                key,
-            }));
+        match &slot {
+            None => {
+                return Err(fail(SourceError::SlotMissing {
+                    pipeline: settings.pipeline.clone(),
+                    slot: settings.slot.clone(),
+                    lsn: v.value.lsn.clone(),
+                    bucket: ctx.state.bucket().to_owned(),
+                    key,
+                }))
+            }
+            Some(info) if info.wal_status.as_deref() == Some("lost") => {
+                return Err(fail(SourceError::SlotLost {
+                    pipeline: settings.pipeline.clone(),
+                    slot: settings.slot.clone(),
+                    lsn: v.value.lsn.clone(),
+                    bucket: ctx.state.bucket().to_owned(),
+                    key,
+                }))
+            }
+            Some(_) => {}
         }
         let mut durable = Durable {
             state: ctx.state.clone(),

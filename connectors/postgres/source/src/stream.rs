@@ -30,6 +30,12 @@
 //! * **Status updates never wait for JetStream.** While the outbox is full the
 //!   loop keeps answering the server (its `wal_sender_timeout` would otherwise
 //!   close the connection).
+//! * **A silent server is a dead server.** A partition or a half-open TCP
+//!   connection (server gone, no RST) leaves our writes succeeding and our reads
+//!   waiting forever. When the loop has read nothing for `heartbeat`, it sends a
+//!   status update with "reply requested" (the walsender answers at once with a
+//!   keepalive); with no message at all [`silence_timeout`] after that, the
+//!   connection is given up as transient and the source reconnects.
 
 use crate::client::{ReplicationClient, SqlError};
 use crate::config::PgSettings;
@@ -58,6 +64,12 @@ const MAX_BURST: usize = 512;
 /// How often the slot's retained WAL is measured.
 const SLOT_LAG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long the loop waits for any message after asking the server for a reply:
+/// three heartbeats, at least 5 s (a loaded server or network may be slow to answer).
+fn silence_timeout(heartbeat: Duration) -> Duration {
+    (heartbeat * 3).max(Duration::from_secs(5))
+}
+
 /// Errors while streaming.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -79,8 +91,11 @@ pub enum StreamError {
     /// The messages do not follow the protocol (change outside a transaction, unknown relation).
     #[error("replication stream out of order: {0}")]
     Sequence(String),
-    /// The server ended the copy on its own.
-    #[error("postgres ended the replication stream (CopyDone)")]
+    /// Nothing came from the server for this long after a reply was requested.
+    #[error("no message from postgres for {0} s after a reply was requested; connection presumed dead (network partition or half-open TCP)")]
+    Silent(u64),
+    /// The server ended the copy on its own (CopyDone, or CommandComplete at server shutdown).
+    #[error("postgres ended the replication stream (server shutting down or walsender stopped)")]
     Ended,
     /// The publisher stopped.
     #[error("the publisher stopped")]
@@ -100,7 +115,9 @@ impl Classify for StreamError {
             StreamError::Catalog(e) => e.retry(),
             StreamError::State(e) => e.retry(),
             StreamError::Sequence(_) => Retry::Definite,
-            StreamError::Ended | StreamError::PublisherGone => Retry::Transient,
+            StreamError::Ended | StreamError::Silent(_) | StreamError::PublisherGone => {
+                Retry::Transient
+            }
         }
     }
     fn kind(&self) -> &'static str {
@@ -112,7 +129,7 @@ impl Classify for StreamError {
             StreamError::Catalog(e) => e.kind(),
             StreamError::State(e) => e.kind(),
             StreamError::Sequence(_) => "protocol",
-            StreamError::Ended => "connection",
+            StreamError::Ended | StreamError::Silent(_) => "connection",
             StreamError::PublisherGone => "publish",
         }
     }
@@ -204,6 +221,10 @@ struct Feedback {
     last_persist: Instant,
     heartbeat: Duration,
     pipeline: String,
+    /// When the main loop last read a message from the server.
+    last_recv: Instant,
+    /// When a status update asking for a reply was sent and not yet answered.
+    ping_sent: Option<Instant>,
 }
 
 impl Feedback {
@@ -242,6 +263,33 @@ impl Feedback {
                 tracing::warn!(pipeline = %self.pipeline, error = %e, "could not persist the checkpoint; will retry");
                 Ok(())
             }
+        }
+    }
+
+    /// A message arrived: the connection is alive.
+    fn heard(&mut self) {
+        self.last_recv = Instant::now();
+        self.ping_sent = None;
+    }
+
+    /// Called by the reading loop once a second: after `heartbeat` of silence, ask the server
+    /// for a reply; fail when that request stays unanswered for [`silence_timeout`]. Only the
+    /// loop that reads calls this (while it waits on a full outbox, nothing is read and
+    /// silence means nothing).
+    async fn check_alive(&mut self) -> Result<(), StreamError> {
+        let timeout = silence_timeout(self.heartbeat);
+        match self.ping_sent {
+            Some(sent) if sent.elapsed() >= timeout => Err(StreamError::Silent(timeout.as_secs())),
+            Some(_) => Ok(()),
+            None if self.last_recv.elapsed() >= self.heartbeat => {
+                let flush = self.flush_lsn();
+                self.repl.send_status(flush, true).await?;
+                self.last_reported = flush;
+                self.last_status = Instant::now();
+                self.ping_sent = Some(Instant::now());
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -357,6 +405,8 @@ pub(crate) async fn run(
         last_persist: Instant::now(),
         heartbeat: settings.heartbeat,
         pipeline: settings.pipeline.clone(),
+        last_recv: Instant::now(),
+        ping_sent: None,
     };
     let mut st = Streamer {
         naming: ctx.naming.clone(),
@@ -377,9 +427,13 @@ pub(crate) async fn run(
         let step: Result<(), Stop> = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => Err(Stop::Shutdown),
-            _ = ticker.tick() => fb.tick().await.map_err(Stop::from),
+            _ = ticker.tick() => match fb.tick().await {
+                Ok(()) => fb.check_alive().await.map_err(Stop::from),
+                Err(e) => Err(Stop::from(e)),
+            },
             r = fb.repl.recv() => match r {
                 Ok(Some(bytes)) => {
+                    fb.heard();
                     let mut step = st.handle(&bytes, &ctx.outbox, &mut fb, &mut ticker, &ctx.shutdown).await;
                     // Drain what is already buffered without a select! per message.
                     let mut burst = 0;
