@@ -109,7 +109,16 @@ impl State {
         if self.checksums && raw.len() >= 23 {
             fix_crc(raw, is_fde);
         }
-        let Ok(Some(event)) = self.esr.read(&*raw) else {
+        // `stream.rs` runs mysql_async's stream under `catch_unwind`: mysql_common's framing
+        // panics on some malformed packets (e.g. one shorter than its header's event size),
+        // and the daemon turns that into a decode error. Same here.
+        let esr = &mut self.esr;
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| esr.read(&*raw)));
+        let Ok(Ok(Some(event))) = read else {
+            if read.is_err() {
+                // The reader may be half-updated after a panic; the daemon reconnects.
+                self.esr = EventStreamReader::new(BinlogVersion::Version4);
+            }
             return;
         };
         self.handle(&event);
