@@ -318,6 +318,6 @@ mod tests {
         });
         std::fs::remove_dir_all(&dir).unwrap();
         let msg = panic_text(&r.unwrap_err());
-        assert!(msg.contains("found a bang") && msg.contains("2162616e6721"), "{msg}");
+        assert!(msg.contains("found a bang") && msg.contains("62616e6721"), "{msg}");
     }
 }
