@@ -7,6 +7,8 @@ mod bench;
 mod cli;
 mod commands;
 mod config;
+#[cfg(test)]
+mod config_fuzz;
 mod connectors;
 mod http;
 mod logging;

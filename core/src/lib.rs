@@ -12,6 +12,8 @@ pub mod check;
 pub mod config;
 pub mod envelope;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod json_text;
 pub mod metrics;

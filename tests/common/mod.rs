@@ -9,8 +9,8 @@
 #![allow(dead_code)]
 
 pub mod faults;
-pub mod private_nats;
 pub mod private_db;
+pub mod private_nats;
 pub mod proxy;
 
 use async_nats::jetstream;

@@ -26,6 +26,8 @@
 
 mod consumer;
 mod dead_letter;
+#[doc(hidden)]
+pub mod fuzzing;
 mod parse;
 pub mod runtime;
 mod tracker;

@@ -32,6 +32,8 @@ mod client;
 mod convert;
 mod ddl;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gtid;
 mod runtime;
 mod snapshot;

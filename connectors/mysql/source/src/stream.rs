@@ -963,7 +963,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Key of an XA_PREPARE event body: one_phase u8, format u32, gtrid len u32, bqual len u32, data.
-fn xa_prepare_key(data: &[u8]) -> Option<String> {
+pub(crate) fn xa_prepare_key(data: &[u8]) -> Option<String> {
     let mut c = crate::bytes::Cursor::new(data);
     c.u8("one phase").ok()?;
     let format = c.u32("format").ok()?;
@@ -975,7 +975,7 @@ fn xa_prepare_key(data: &[u8]) -> Option<String> {
 }
 
 /// Key of an `XA COMMIT X'..',X'..',n` / `XA ROLLBACK …` statement.
-fn xa_statement_key(sql: &str) -> Option<String> {
+pub(crate) fn xa_statement_key(sql: &str) -> Option<String> {
     let upper = sql.to_ascii_uppercase();
     let start = upper.find("X'")?;
     let rest = &sql[start..];

@@ -15,6 +15,8 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod convert;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pgoutput;
 pub mod relcache;
 pub mod snapshot;
