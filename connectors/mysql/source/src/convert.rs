@@ -929,6 +929,14 @@ fn decode_row_with(
     mut substituted: impl FnMut(usize, Substitution),
 ) -> Result<Row, DecodeError> {
     let npresent = (0..kinds.len()).filter(|&i| bit(present, i)).count();
+    if npresent == 0 {
+        // An image of no columns takes no bytes: the rows loop would never advance. A server
+        // never writes one; a malformed event must not hang the stream.
+        return Err(DecodeError::Invalid {
+            event: EV,
+            message: "row image with no columns present".into(),
+        });
+    }
     let nulls = c.take(npresent.div_ceil(8), "null bitmap").ctx(EV)?;
     let mut row = Vec::with_capacity(kinds.len());
     let mut k = 0;

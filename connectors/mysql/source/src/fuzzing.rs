@@ -313,7 +313,6 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    #[ignore = "finds an unfixed hang: fuzz/findings/binlog-hang-19f12a77f3f2599d (docs/fuzzing.md)"]
     fn binlog_corpus_and_mutations_never_panic_or_hang() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../fuzz/corpus/binlog");
         let stats = tidemark_core::fuzzing::replay(
