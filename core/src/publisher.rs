@@ -25,6 +25,14 @@
 //! `Nats-Expected-Last-Msg-Id` = the previous event's id: the server refuses k+1 when k is not
 //! the stream's last message, the run fails, and the source resends from its checkpoint in
 //! order. (A re-sent duplicate is acknowledged by the dedup window before that check.)
+//!
+//! The chain is anchored only on a message this run actually stored: until the first ack that
+//! is not a duplicate, publishes go one at a time and without the header. Otherwise a message
+//! that is not ours (a dead letter, an oversize marker, anything another client publishes to
+//! the stream) would leave every resend after a restart expecting an id that is no longer the
+//! stream's last: the first resends are duplicates, which do not move the last id, and the
+//! run would fail again and again. Once anchored, publishes are pipelined and chained; a
+//! foreign message in between fails the run once, and the next run anchors again.
 
 use crate::config::{NatsConfig, PipelineConfig};
 use crate::error::Failure;
@@ -62,6 +70,8 @@ enum InFlight<C> {
     Ack {
         fut: AckFuture,
         started: Instant,
+        /// Message id, to anchor the order chain on (see the module note).
+        id: String,
         /// Envelope bytes to give back to the outbox budget once acknowledged.
         bytes: usize,
     },
@@ -136,6 +146,8 @@ impl Publisher {
         let mut closed = false;
         // Message id of the previous publish of this run (see the module note).
         let mut last_id: Option<String> = None;
+        // Whether `last_id` is known to be the stream's last message (see the module note).
+        let mut anchored = false;
         let client = self.js.client();
         let mut tick = tokio::time::interval(CONNECTION_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,7 +170,8 @@ impl Publisher {
             if closed && queue.is_empty() {
                 return Ok(());
             }
-            let can_receive = !closed && acks_in_flight < self.window;
+            let window = if anchored { self.window } else { 1 };
+            let can_receive = !closed && acks_in_flight < window;
             let front_ack = match queue.front_mut() {
                 Some(InFlight::Ack { fut, started, .. }) => Some((fut, *started)),
                 _ => None,
@@ -173,12 +186,16 @@ impl Publisher {
                     }
                 }, if has_ack => {
                     let (result, started) = result;
-                    result.map_err(|e| ack_failure(&e))?;
+                    let ack = result.map_err(|e| ack_failure(&e))?;
                     latency.record(started.elapsed().as_secs_f64());
                     published.increment(1);
                     acks_in_flight -= 1;
-                    if let Some(InFlight::Ack { bytes, .. }) = queue.pop_front() {
+                    if let Some(InFlight::Ack { bytes, id, .. }) = queue.pop_front() {
                         rx.release(bytes);
+                        if !anchored && !ack.duplicate {
+                            anchored = true;
+                            last_id = Some(id);
+                        }
                     }
                 }
                 _ = tick.tick() => {
@@ -195,9 +212,11 @@ impl Publisher {
                     None => closed = true,
                     Some(Outgoing::Event(msg)) => {
                         let bytes = msg.payload.len();
-                        let prev = last_id.replace(msg.id.clone());
+                        let id = msg.id.clone();
+                        let prev = if anchored { last_id.replace(id.clone()) } else { None };
                         let ack = self.publish(msg, stream_limit, prev.as_deref()).await?;
                         queue.push_back(InFlight::Ack {
+                            id,
                             fut: Box::pin(ack.into_future()),
                             started: Instant::now(),
                             bytes,
