@@ -1107,11 +1107,12 @@ async fn converge(
 
 /// Lines of the daemon log at level `level` (`WARN`, `ERROR`).
 fn log_lines(daemon: &Daemon, level: &str) -> Vec<String> {
-    let tag = format!(" {level} ");
+    // The level is the line's second field (after the timestamp); a message may quote a
+    // server's own "ERROR" (for example a retried `ERROR 55006` from Postgres).
     daemon
         .logs()
         .lines()
-        .filter(|l| l.contains(&tag))
+        .filter(|l| l.split_whitespace().nth(1) == Some(level))
         .map(short)
         .collect()
 }

@@ -319,10 +319,13 @@ async fn oversize_halt_stops_the_source_with_a_definite_error() {
     }
     assert!(t.metric().await >= 1.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        pg_rows(&t.dst, "big").await,
-        first,
-        "nothing after the halt is applied"
+    // The big row is part of the initial snapshot here, and a source that halts during its
+    // snapshot redoes it on every retry, truncating the targets first: the row before the big
+    // one may be there or not. Nothing from the big row on may be.
+    let now = pg_rows(&t.dst, "big").await;
+    assert!(
+        now.is_empty() || now == first,
+        "nothing after the halt is applied: {now:?}"
     );
     t.finish().await;
 }
